@@ -1,0 +1,140 @@
+//! The command line (SPEC §8). `serve` is the default; every command has `--help`.
+
+use crate::config::Config;
+use crate::store::Store;
+use crate::time::{format_rfc3339, now};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "billing-worker", version, about = "Prepaid credit ledger: Stripe webhooks and commands in, ledger entries out")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the worker until Ctrl-C or SIGTERM (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Apply due cycle work (closes, allocations, expiries, hold deadlines) for all accounts, then exit.
+    Tick,
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Inspect accounts.
+    Accounts {
+        #[command(subcommand)]
+        command: AccountsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print the catalog the worker would use.
+    Check,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AccountsCommand {
+    /// Plan, balance, lots, current cycle and the last entries of an account.
+    Show {
+        account: String,
+        /// How many of the latest entries to print.
+        #[arg(long, default_value_t = 20)]
+        entries: i64,
+    },
+}
+
+/// Parse the arguments, run the command, and return the process exit code.
+pub async fn run() -> i32 {
+    let cli = Cli::parse();
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    match dispatch(cli.command.unwrap_or(Command::Serve), config).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn dispatch(command: Command, config: Config) -> Result<(), AnyError> {
+    match command {
+        Command::Serve => crate::serve::run(config).await,
+        Command::Migrate => {
+            let store = Store::connect(&config.database_url).await?;
+            let n = store.migrate().await?;
+            println!("{n} migration(s) applied to {}", redact(&config.database_url));
+            Ok(())
+        }
+        Command::Tick => {
+            let store = Store::open(&config.database_url).await?;
+            let n = store.tick(now()).await?;
+            println!("due work applied to {n} account(s)");
+            Ok(())
+        }
+        Command::Config { command: ConfigCommand::Check } => {
+            println!("# catalog: {}", config.catalog_source);
+            println!("# database: {}", redact(&config.database_url));
+            println!("# broker: {}", config.amqp_url.as_deref().map(redact).unwrap_or_else(|| "none".into()));
+            println!("# webhook secrets: {}", config.webhook_secrets.len());
+            print!("{}", toml::to_string(&config.catalog)?);
+            Ok(())
+        }
+        Command::Accounts { command: AccountsCommand::Show { account, entries } } => {
+            let store = Store::open(&config.database_url).await?;
+            let v = store.account(&account, now()).await?;
+            println!("account  {}", v.account);
+            println!("plan     {}", v.plan);
+            println!("balance  {}  (held {})", v.balance, v.held);
+            if let Some((s, e)) = v.cycle {
+                println!("cycle    {} .. {}  (expiring at its end: {})", format_rfc3339(s), format_rfc3339(e), v.expiring_at_cycle_end);
+            }
+            println!("lots");
+            for l in &v.lots {
+                let exp = l.expires_at.map(format_rfc3339).unwrap_or_else(|| "never".into());
+                println!("  {:<40} {:<12} {:>6} of {:>6}  expires {exp}", l.id, l.source.as_str(), l.remaining, l.amount);
+            }
+            println!("entries");
+            for e in store.last_entries(&account, entries).await? {
+                println!(
+                    "  #{:<6} {} {:<9} {:>6} -> {:>6}  {}{}",
+                    e.id,
+                    format_rfc3339(e.at),
+                    e.kind,
+                    e.amount,
+                    e.balance_after,
+                    e.cause,
+                    e.lot_id.map(|l| format!("  [{l}]")).unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A URL with its password hidden, for printing.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,164 @@
+//! Configuration from the environment (SPEC §3), read once at start.
+//!
+//! Why strict: a worker that starts with a mistyped secret or database URL loses events quietly, so every bad
+//! value stops the start with a message naming the variable (or the catalog's TOML key).
+
+use crate::catalog::{Catalog, CatalogError};
+use std::net::SocketAddr;
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite:data/billing.db";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub amqp_url: Option<String>,
+    pub listen: SocketAddr,
+    pub catalog: Catalog,
+    /// Where the catalog came from, for `config check`.
+    pub catalog_source: String,
+    pub webhook_secrets: Vec<String>,
+    /// Accepted age of a webhook signature in seconds; 0 turns the check off.
+    pub webhook_tolerance_secs: u64,
+    pub stripe_api_key: Option<String>,
+    pub stripe_api_base: String,
+    /// How often the server applies due cycle work for all accounts.
+    pub tick_interval_secs: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var}: {message}")]
+    Invalid { var: &'static str, message: String },
+    #[error("BILLING_CONFIG ({path}): {source}")]
+    Catalog { path: String, source: CatalogError },
+    #[error("BILLING_CONFIG ({path}): cannot read the file: {source}")]
+    CatalogRead { path: String, source: std::io::Error },
+}
+
+fn invalid(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { var, message: message.into() }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Build from any variable lookup (tests pass a map). Empty values count as unset.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+
+        let database_url = get("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+        crate::store::Backend::of_url(&database_url)
+            .ok_or_else(|| invalid("DATABASE_URL", format!("expected sqlite:PATH or postgres://..., got {database_url:?}")))?;
+
+        let amqp_url = get("AMQP_URL");
+        if let Some(u) = &amqp_url {
+            if !(u.starts_with("amqp://") || u.starts_with("amqps://")) {
+                return Err(invalid("AMQP_URL", format!("expected amqp://..., got {u:?}")));
+            }
+        }
+
+        let listen_text = get("BILLING_LISTEN").unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen = listen_text
+            .parse()
+            .map_err(|_| invalid("BILLING_LISTEN", format!("expected HOST:PORT such as 127.0.0.1:8080, got {listen_text:?}")))?;
+
+        let (catalog, catalog_source) = match get("BILLING_CONFIG") {
+            None => (Catalog::builtin(), "built-in".to_owned()),
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::CatalogRead { path: path.clone(), source })?;
+                let c = Catalog::with_overlay(&text).map_err(|source| ConfigError::Catalog { path: path.clone(), source })?;
+                (c, path)
+            }
+        };
+
+        let webhook_secrets: Vec<String> = get("STRIPE_WEBHOOK_SECRET")
+            .map(|s| s.split(',').map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect())
+            .unwrap_or_default();
+
+        let webhook_tolerance_secs = parse_u64(get("STRIPE_WEBHOOK_TOLERANCE_SECS"), "STRIPE_WEBHOOK_TOLERANCE_SECS", 300)?;
+        let tick_interval_secs = parse_u64(get("BILLING_TICK_SECS"), "BILLING_TICK_SECS", 60)?;
+        if tick_interval_secs == 0 {
+            return Err(invalid("BILLING_TICK_SECS", "must be 1 or more"));
+        }
+
+        let stripe_api_base = get("STRIPE_API_BASE").unwrap_or_else(|| "https://api.stripe.com".into());
+        if !(stripe_api_base.starts_with("https://") || stripe_api_base.starts_with("http://")) {
+            return Err(invalid("STRIPE_API_BASE", format!("expected an http(s) URL, got {stripe_api_base:?}")));
+        }
+
+        Ok(Config {
+            database_url,
+            amqp_url,
+            listen,
+            catalog,
+            catalog_source,
+            webhook_secrets,
+            webhook_tolerance_secs,
+            stripe_api_key: get("STRIPE_API_KEY"),
+            stripe_api_base: stripe_api_base.trim_end_matches('/').to_owned(),
+            tick_interval_secs,
+        })
+    }
+}
+
+fn parse_u64(v: Option<String>, var: &'static str, default: u64) -> Result<u64, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => s.parse().map_err(|_| invalid(var, format!("expected a whole number of seconds, got {s:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_need_no_variables() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.webhook_tolerance_secs, 300);
+        assert!(c.webhook_secrets.is_empty() && c.amqp_url.is_none());
+        assert_eq!(c.catalog, Catalog::builtin());
+    }
+
+    #[test]
+    fn rotation_secrets_split_on_commas() {
+        let c = cfg(&[("STRIPE_WEBHOOK_SECRET", "whsec_a, whsec_b")]).unwrap();
+        assert_eq!(c.webhook_secrets, vec!["whsec_a", "whsec_b"]);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (var, val) in [
+            ("DATABASE_URL", "mysql://x"),
+            ("AMQP_URL", "http://x"),
+            ("BILLING_LISTEN", "eighty"),
+            ("STRIPE_WEBHOOK_TOLERANCE_SECS", "-5"),
+            ("STRIPE_API_BASE", "ftp://x"),
+            ("BILLING_TICK_SECS", "0"),
+            ("BILLING_CONFIG", "/nonexistent/catalog.toml"),
+        ] {
+            let e = cfg(&[(var, val)]).unwrap_err().to_string();
+            assert!(e.starts_with(var), "{var}={val}: {e}");
+        }
+    }
+
+    #[test]
+    fn bad_catalog_names_file_and_key() {
+        let dir = std::env::temp_dir().join(format!("bw-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(&f, "[plans.pro]\npriority = \"urgent\"\n").unwrap();
+        let e = cfg(&[("BILLING_CONFIG", f.to_str().unwrap())]).unwrap_err().to_string();
+        assert!(e.contains("BILLING_CONFIG") && e.contains("plans.pro.priority"), "{e}");
+    }
+}

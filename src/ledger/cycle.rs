@@ -1,0 +1,272 @@
+//! Subscriptions and their monthly credit cycles (rules 3-7), and the due-work loop that applies every cycle
+//! close, allocation, lot expiry and hold deadline in time order up to "now".
+//!
+//! Why one loop in time order: a read must reflect all work due by its time, even if nothing ran for months,
+//! and the result must not depend on how the work was split across calls.
+
+use super::{Account, Granted, HoldStatus, RuleError, Source, Ts};
+use crate::time::add_months;
+use serde::{Deserialize, Serialize};
+
+/// What a plan gives each month and how much of it may roll over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanTerms {
+    pub plan: String,
+    pub monthly: i64,
+    pub cap: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub id: String,
+    /// Billing anchor: cycles start here and every calendar month after it, day clamped to the month's end.
+    pub anchor: Ts,
+    /// Terms in force for the current cycle.
+    pub terms: PlanTerms,
+    /// A downgrade waiting for the next cycle.
+    pub next_terms: Option<PlanTerms>,
+    /// Start of the current credit cycle: every boundary up to it has been closed.
+    pub cursor: Ts,
+    /// Paid billing periods `[start, end)`.
+    pub paid: Vec<(Ts, Ts)>,
+    pub granted: Granted,
+    /// When its credits end (end of the cycle in which it was cancelled).
+    pub ends_at: Option<Ts>,
+    pub finished: bool,
+}
+
+/// The index `k` of the cycle containing `t`: `add_months(anchor, k) <= t < add_months(anchor, k + 1)`.
+/// Cycles are always computed from the anchor, so clamped days do not drift (Jan 31, Feb 28, Mar 31).
+fn cycle_index(anchor: Ts, t: Ts) -> i64 {
+    if t <= anchor {
+        return 0;
+    }
+    // Estimate from the average month length, then correct by stepping.
+    let mut k = (t - anchor) / 2_629_746;
+    while k > 0 && add_months(anchor, k) > t {
+        k -= 1;
+    }
+    while add_months(anchor, k + 1) <= t {
+        k += 1;
+    }
+    k
+}
+
+/// The start of the cycle containing `t` (the anchor itself for any `t` before it).
+pub fn cycle_start_at(anchor: Ts, t: Ts) -> Ts {
+    add_months(anchor, cycle_index(anchor, t))
+}
+
+/// The first cycle boundary strictly after `t`.
+pub fn boundary_after(anchor: Ts, t: Ts) -> Ts {
+    if t < anchor {
+        return anchor;
+    }
+    add_months(anchor, cycle_index(anchor, t) + 1)
+}
+
+impl Subscription {
+    pub fn new(id: &str, anchor: Ts, terms: PlanTerms) -> Self {
+        Subscription {
+            id: id.to_owned(),
+            anchor,
+            terms,
+            next_terms: None,
+            cursor: anchor,
+            paid: Vec::new(),
+            granted: Granted::new(),
+            ends_at: None,
+            finished: false,
+        }
+    }
+
+    /// The next boundary this subscription still has to process.
+    pub fn next_boundary(&self) -> Option<Ts> {
+        (!self.finished).then(|| boundary_after(self.anchor, self.cursor))
+    }
+
+    /// The current cycle `[start, end)`.
+    pub fn cycle(&self) -> (Ts, Ts) {
+        (self.cursor, boundary_after(self.anchor, self.cursor))
+    }
+
+    fn is_paid(&self, cycle: Ts) -> bool {
+        self.paid.iter().any(|&(s, e)| s <= cycle && cycle < e)
+    }
+
+    /// Terms the next close and the next allocation use.
+    fn upcoming(&self) -> &PlanTerms {
+        self.next_terms.as_ref().unwrap_or(&self.terms)
+    }
+}
+
+impl Account {
+    fn sub_index(&self, id: &str) -> Result<usize, RuleError> {
+        self.subscriptions.iter().position(|s| s.id == id).ok_or_else(|| RuleError::UnknownSubscription(id.into()))
+    }
+
+    /// Record a subscription or change its plan (rule 6): a higher monthly allocation takes effect now (the
+    /// top-up comes with the paid upgrade invoice, [`Op::Upgrade`](super::Op)), anything else at the next cycle.
+    pub(crate) fn subscribe(&mut self, id: &str, anchor: Ts, terms: &PlanTerms, _now: Ts) {
+        match self.subscriptions.iter_mut().find(|s| s.id == id) {
+            None => self.subscriptions.push(Subscription::new(id, anchor, terms.clone())),
+            Some(s) => {
+                if s.anchor != anchor && !s.finished {
+                    s.anchor = anchor;
+                }
+                if terms.monthly > s.terms.monthly {
+                    s.terms = terms.clone();
+                    s.next_terms = None;
+                } else if *terms == s.terms {
+                    s.next_terms = None;
+                } else {
+                    s.next_terms = Some(terms.clone());
+                }
+            }
+        }
+    }
+
+    /// A billing period was paid (rule 5). Cycles it covers that were already reached get their allocation
+    /// now; a cycle that has already ended is then closed again, so a late payment ends as if on time.
+    pub(crate) fn paid(&mut self, sub: &str, start: Ts, end: Ts, now: Ts, cause: &str) -> Result<i64, RuleError> {
+        let si = self.sub_index(sub)?;
+        if end <= start {
+            return Err(RuleError::NonPositive(end - start));
+        }
+        let s = &mut self.subscriptions[si];
+        if !s.paid.contains(&(start, end)) {
+            s.paid.push((start, end));
+        }
+        let (anchor, cursor) = (s.anchor, s.cursor);
+        let mut granted = 0;
+        let mut c = cycle_start_at(anchor, start);
+        while c <= cursor {
+            if c >= start && c < end {
+                let g = self.allocate(si, c, now, cause);
+                if g > 0 && c < cursor {
+                    // That cycle has ended: apply its close and every later one again, in order.
+                    let mut b = boundary_after(anchor, c);
+                    while b <= cursor {
+                        self.cut_to_cap(si, b, now, cause);
+                        b = boundary_after(anchor, b);
+                    }
+                }
+                granted += g;
+            }
+            c = boundary_after(anchor, c);
+        }
+        Ok(granted)
+    }
+
+    /// Grant the allocation of cycle `c` if it is paid, not yet granted and the subscription still runs then.
+    fn allocate(&mut self, si: usize, c: Ts, at: Ts, cause: &str) -> i64 {
+        let s = &self.subscriptions[si];
+        if s.granted.contains_key(&c) || !s.is_paid(c) || s.ends_at.is_some_and(|e| e <= c) {
+            return 0;
+        }
+        let (id, monthly, ends_at) = (s.id.clone(), s.terms.monthly, s.ends_at);
+        self.subscriptions[si].granted.insert(c, monthly);
+        let lot_id = format!("alloc:{id}:{c}");
+        self.grant_once(&lot_id, Source::Subscription, monthly, at, Some((&id, c)), ends_at, cause)
+    }
+
+    /// Rule 6: top up the current cycle to `terms`' monthly credits, switching to `terms` when it is higher.
+    pub(crate) fn upgrade(&mut self, sub: &str, terms: &PlanTerms, now: Ts, cause: &str) -> Result<i64, RuleError> {
+        let si = self.sub_index(sub)?;
+        let s = &mut self.subscriptions[si];
+        if terms.monthly > s.terms.monthly {
+            s.terms = terms.clone();
+            s.next_terms = None;
+        }
+        let c = s.cursor;
+        let Some(&so_far) = s.granted.get(&c) else {
+            return Ok(0); // not allocated yet: the allocation will use the new terms
+        };
+        let diff = s.terms.monthly - so_far;
+        if diff <= 0 || s.finished {
+            return Ok(0);
+        }
+        s.granted.insert(c, so_far + diff);
+        let (id, plan, ends_at) = (s.id.clone(), s.terms.plan.clone(), s.ends_at);
+        let lot_id = format!("upgrade:{id}:{c}:{plan}");
+        Ok(self.grant_once(&lot_id, Source::Subscription, diff, now, Some((&id, c)), ends_at, cause))
+    }
+
+    /// Rule 7: the subscription ended at `at`; its credits stay until the end of that cycle, then expire.
+    pub(crate) fn cancel(&mut self, sub: &str, at: Ts, _now: Ts) -> Result<i64, RuleError> {
+        let si = self.sub_index(sub)?;
+        let s = &mut self.subscriptions[si];
+        let ends = if at <= s.anchor { s.anchor } else if cycle_start_at(s.anchor, at) == at { at } else { boundary_after(s.anchor, at) };
+        let ends = s.ends_at.map_or(ends, |e| e.min(ends));
+        s.ends_at = Some(ends);
+        if s.cursor >= ends {
+            s.finished = true;
+        }
+        let id = s.id.clone();
+        for l in self.lots.iter_mut().filter(|l| l.subscription_id.as_deref() == Some(&id)) {
+            l.expires_at = Some(l.expires_at.map_or(ends, |e| e.min(ends)));
+        }
+        Ok(0)
+    }
+
+    /// Cut the subscription's credits granted before boundary `b` to the rollover cap, oldest lots first.
+    fn cut_to_cap(&mut self, si: usize, b: Ts, at: Ts, cause: &str) {
+        let s = &self.subscriptions[si];
+        let (id, cap) = (s.id.clone(), s.upcoming().cap);
+        let mut idx: Vec<usize> = (0..self.lots.len())
+            .filter(|&i| {
+                let l = &self.lots[i];
+                l.remaining > 0 && l.subscription_id.as_deref() == Some(&id) && l.cycle_start.is_some_and(|c| c < b)
+            })
+            .collect();
+        let total: i64 = idx.iter().map(|&i| self.lots[i].remaining).sum();
+        let mut excess = total - cap;
+        idx.sort_by_key(|&i| (self.lots[i].cycle_start, self.lots[i].granted_at, self.lots[i].id.clone()));
+        for i in idx {
+            if excess <= 0 {
+                break;
+            }
+            let n = excess.min(self.lots[i].remaining);
+            self.expire_from_lot(i, n, at, cause);
+            excess -= n;
+        }
+    }
+
+    /// Close the cycle ending at `b` and open the next one (rule 4).
+    fn cross_boundary(&mut self, si: usize, b: Ts) {
+        let cause = format!("cycle:{}:{b}", self.subscriptions[si].id);
+        self.cut_to_cap(si, b, b, &cause);
+        let s = &mut self.subscriptions[si];
+        s.cursor = b;
+        if s.ends_at.is_some_and(|e| e <= b) {
+            s.finished = true;
+            return;
+        }
+        if let Some(next) = s.next_terms.take() {
+            s.terms = next;
+        }
+        self.allocate(si, b, b, &cause);
+    }
+
+    /// Apply, in time order, everything due by `now`: hold deadlines, lot expiries, cycle boundaries.
+    pub(crate) fn apply_due(&mut self, now: Ts) {
+        loop {
+            let hold = self.holds.iter().enumerate().filter(|(_, h)| h.status == HoldStatus::Active).map(|(i, h)| (h.deadline, 0, i)).min();
+            let lot = self.lots.iter().enumerate().filter(|(_, l)| l.remaining > 0).filter_map(|(i, l)| l.expires_at.map(|e| (e, 1, i))).min();
+            let sub = self.subscriptions.iter().enumerate().filter_map(|(i, s)| s.next_boundary().map(|b| (b, 2, i))).min();
+            let Some((at, class, i)) = [hold, lot, sub].into_iter().flatten().filter(|&(t, _, _)| t <= now).min() else {
+                return;
+            };
+            match class {
+                0 => {
+                    let id = self.holds[i].id.clone();
+                    let cause = format!("hold:{id}:deadline");
+                    self.hold_release(&id, HoldStatus::Expired, at, &cause).expect("active hold");
+                }
+                1 => self.expire_lot(i, at, "expiry"),
+                _ => self.cross_boundary(i, at),
+            }
+        }
+    }
+}
+

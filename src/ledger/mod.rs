@@ -1,0 +1,318 @@
+//! The credit rules of SPEC §4 as pure code: no SQL, no HTTP, no clock.
+//!
+//! Why pure: the rules decide where real customers' credits go, so they must be testable exhaustively (unit
+//! and property tests) without a database, and the two storage backends must not be able to disagree on them.
+//! The store loads an [`Account`] (its open lots, subscriptions and active holds), calls [`Account::apply`] with
+//! the time of the call, and writes back what changed plus the [`Entry`]s produced, in one transaction.
+
+mod cycle;
+mod holds;
+mod lots;
+mod view;
+#[cfg(test)]
+mod tests;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub use crate::time::Ts;
+pub use cycle::PlanTerms;
+
+/// Where a lot's credits came from. Only `Subscription` credits are cut at cycle close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Signup,
+    Subscription,
+    Package,
+    Adjustment,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Signup => "signup",
+            Source::Subscription => "subscription",
+            Source::Package => "package",
+            Source::Adjustment => "adjustment",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "signup" => Source::Signup,
+            "subscription" => Source::Subscription,
+            "package" => Source::Package,
+            "adjustment" => Source::Adjustment,
+            _ => return None,
+        })
+    }
+}
+
+/// One grant of credits. Its `id` is the grant's idempotency key (unique per account), so the same cause can
+/// never create two lots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lot {
+    pub id: String,
+    pub source: Source,
+    pub amount: i64,
+    pub remaining: i64,
+    pub granted_at: Ts,
+    pub expires_at: Option<Ts>,
+    /// For subscription lots: the subscription and the start of the credit cycle it was granted for.
+    pub subscription_id: Option<String>,
+    pub cycle_start: Option<Ts>,
+    /// Credits already claimed back by refunds (taken plus shortfall), so a repeated refund takes nothing more.
+    pub clawed: i64,
+}
+
+/// The kinds of ledger entries. `amount` of an entry is the change of the spendable balance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    Grant,
+    Debit,
+    Expire,
+    Clawback,
+    /// Refunded credits that were already spent: amount 0, `shortfall` says how many.
+    Shortfall,
+    Adjust,
+    Hold,
+    Release,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Grant => "grant",
+            EntryKind::Debit => "debit",
+            EntryKind::Expire => "expire",
+            EntryKind::Clawback => "clawback",
+            EntryKind::Shortfall => "shortfall",
+            EntryKind::Adjust => "adjust",
+            EntryKind::Hold => "hold",
+            EntryKind::Release => "release",
+        }
+    }
+}
+
+/// One append-only ledger line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub at: Ts,
+    pub kind: EntryKind,
+    pub amount: i64,
+    pub lot_id: Option<String>,
+    pub balance_after: i64,
+    /// What caused it: `event:evt_..`, `command:..`, `debit:KEY`, `hold:ID`, `cycle:SUB:START`, ...
+    pub cause: String,
+    pub user_id: Option<String>,
+    pub operation: Option<String>,
+    pub shortfall: i64,
+}
+
+/// A reservation: credits taken out of lots, to be captured (spent) or released (given back to those lots).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub id: String,
+    pub amount: i64,
+    /// Which lots the held credits came from, to give them back there.
+    pub taken: Vec<(String, i64)>,
+    pub created_at: Ts,
+    pub deadline: Ts,
+    pub user_id: Option<String>,
+    pub operation: Option<String>,
+    pub status: HoldStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldStatus {
+    Active,
+    Captured,
+    Released,
+    Expired,
+}
+
+/// A subscription as far as credits care: its plan terms, billing anchor, paid periods and cycle progress.
+pub use cycle::Subscription;
+
+/// The part of an account the rules work on. `lots` holds at least every lot with credits left, every lot an
+/// active hold took from, and the lot a refund names; `balance` is the sum of `remaining` over lots.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Account {
+    pub id: String,
+    pub balance: i64,
+    pub signup_granted: bool,
+    pub lots: Vec<Lot>,
+    pub subscriptions: Vec<Subscription>,
+    pub holds: Vec<Hold>,
+    /// Entries produced since the account was loaded, in order.
+    pub entries: Vec<Entry>,
+}
+
+/// What the rules refuse. Each refusal changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("insufficient credits: balance {balance}, needed {needed}")]
+    Insufficient { balance: i64, needed: i64 },
+    #[error("amount must be positive, got {0}")]
+    NonPositive(i64),
+    #[error("unknown hold {0}")]
+    UnknownHold(String),
+    #[error("hold {id} is {status:?}, not active")]
+    HoldNotActive { id: String, status: HoldStatus },
+    #[error("capture of {requested} exceeds the {held} held")]
+    CaptureTooLarge { requested: i64, held: i64 },
+    #[error("unknown subscription {0}")]
+    UnknownSubscription(String),
+    #[error("no lot was bought by payment {0}")]
+    UnknownPayment(String),
+    #[error("invalid refund: refunded {refunded} of {total}")]
+    InvalidRefund { refunded: i64, total: i64 },
+}
+
+/// A change to an account. Every variant carries what makes it idempotent or is idempotent by nature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Apply due work only.
+    Tick,
+    /// Free signup credits, once per account.
+    Signup { credits: i64 },
+    /// A package (or any non-expiring) grant keyed by `lot_id` (the payment).
+    Grant { lot_id: String, source: Source, credits: i64 },
+    Debit { key: String, credits: i64, user_id: Option<String>, operation: Option<String> },
+    /// Manual grant (> 0) or removal (< 0, never below zero), keyed by `key`.
+    Adjust { key: String, credits: i64 },
+    Refund { payment: String, refunded: i64, total: i64 },
+    HoldCreate { id: String, credits: i64, deadline: Ts, user_id: Option<String>, operation: Option<String> },
+    HoldCapture { id: String, credits: i64 },
+    HoldRelease { id: String },
+    /// Record or update a subscription (plan, anchor); upgrades take effect now, downgrades next cycle.
+    Subscribe { id: String, anchor: Ts, terms: PlanTerms },
+    /// A billing period of the subscription was paid: grant the allocation of every cycle it covers once due.
+    Paid { subscription: String, start: Ts, end: Ts },
+    /// Grant the difference to `terms` for the current cycle (rule 6), switching to `terms` if higher.
+    Upgrade { subscription: String, terms: PlanTerms },
+    /// The subscription ended at `at`: its credits expire at the end of the cycle containing `at`.
+    Cancel { subscription: String, at: Ts },
+}
+
+/// What an applied op reports back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Applied {
+    /// Credits moved by the op itself (granted, debited, held, captured, clawed back, removed).
+    pub credits: i64,
+    pub balance: i64,
+}
+
+impl Account {
+    pub fn new(id: impl Into<String>) -> Self {
+        Account { id: id.into(), ..Default::default() }
+    }
+
+    /// Credits held by active holds.
+    pub fn held(&self) -> i64 {
+        self.holds.iter().filter(|h| h.status == HoldStatus::Active).map(|h| h.amount).sum()
+    }
+
+    /// Apply due work up to `now`, then `op`, then due work again (an op can make work due, such as a late
+    /// payment for an ended cycle or credits released into an expired lot). On a refusal nothing changes.
+    pub fn apply(&mut self, op: &Op, now: Ts, cause: &str) -> Result<Applied, RuleError> {
+        // Due work stands even when the op is refused: it was owed anyway.
+        self.apply_due(now);
+        let snapshot = self.clone();
+        match self.apply_op(op, now, cause) {
+            Ok(credits) => {
+                self.apply_due(now);
+                Ok(Applied { credits, balance: self.balance })
+            }
+            Err(e) => {
+                *self = snapshot;
+                Err(e)
+            }
+        }
+    }
+
+    fn apply_op(&mut self, op: &Op, now: Ts, cause: &str) -> Result<i64, RuleError> {
+        match op {
+            Op::Tick => Ok(0),
+            Op::Signup { credits } => Ok(self.signup(*credits, now, cause)),
+            Op::Grant { lot_id, source, credits } => {
+                positive(*credits)?;
+                Ok(self.grant_once(lot_id, *source, *credits, now, None, None, cause))
+            }
+            Op::Debit { credits, user_id, operation, .. } => {
+                positive(*credits)?;
+                self.take(*credits, EntryKind::Debit, now, cause, user_id.as_deref(), operation.as_deref())?;
+                Ok(*credits)
+            }
+            Op::Adjust { key, credits } => Ok(self.adjust(key, *credits, now, cause)),
+            Op::Refund { payment, refunded, total } => self.refund(payment, *refunded, *total, now, cause),
+            Op::HoldCreate { id, credits, deadline, user_id, operation } => {
+                self.hold_create(id, *credits, *deadline, user_id.clone(), operation.clone(), now, cause)
+            }
+            Op::HoldCapture { id, credits } => self.hold_capture(id, *credits, now, cause),
+            Op::HoldRelease { id } => self.hold_release(id, HoldStatus::Released, now, cause),
+            Op::Subscribe { id, anchor, terms } => {
+                self.subscribe(id, *anchor, terms, now);
+                Ok(0)
+            }
+            Op::Paid { subscription, start, end } => self.paid(subscription, *start, *end, now, cause),
+            Op::Upgrade { subscription, terms } => self.upgrade(subscription, terms, now, cause),
+            Op::Cancel { subscription, at } => self.cancel(subscription, *at, now),
+        }
+    }
+
+    pub(crate) fn push_entry(&mut self, e: EntryBuilder<'_>) {
+        self.entries.push(Entry {
+            at: e.at,
+            kind: e.kind,
+            amount: e.amount,
+            lot_id: e.lot.map(str::to_owned),
+            balance_after: self.balance,
+            cause: e.cause.to_owned(),
+            user_id: e.user.map(str::to_owned),
+            operation: e.operation.map(str::to_owned),
+            shortfall: e.shortfall,
+        });
+    }
+
+    /// The earliest time at which due work is pending, for the periodic tick.
+    pub fn next_due(&self) -> Option<Ts> {
+        let holds = self.holds.iter().filter(|h| h.status == HoldStatus::Active).map(|h| h.deadline);
+        let lots = self.lots.iter().filter(|l| l.remaining > 0).filter_map(|l| l.expires_at);
+        let subs = self.subscriptions.iter().filter_map(|s| s.next_boundary());
+        holds.chain(lots).chain(subs).min()
+    }
+
+    /// Credits granted so far per cycle start of a subscription (allocation plus upgrade top-ups).
+    pub fn granted_in_cycle(&self, sub: &str, cycle: Ts) -> i64 {
+        self.subscriptions.iter().find(|s| s.id == sub).and_then(|s| s.granted.get(&cycle).copied()).unwrap_or(0)
+    }
+}
+
+pub(crate) struct EntryBuilder<'a> {
+    pub at: Ts,
+    pub kind: EntryKind,
+    pub amount: i64,
+    pub lot: Option<&'a str>,
+    pub cause: &'a str,
+    pub user: Option<&'a str>,
+    pub operation: Option<&'a str>,
+    pub shortfall: i64,
+}
+
+impl<'a> EntryBuilder<'a> {
+    pub fn new(at: Ts, kind: EntryKind, amount: i64, lot: Option<&'a str>, cause: &'a str) -> Self {
+        EntryBuilder { at, kind, amount, lot, cause, user: None, operation: None, shortfall: 0 }
+    }
+}
+
+fn positive(n: i64) -> Result<(), RuleError> {
+    if n > 0 { Ok(()) } else { Err(RuleError::NonPositive(n)) }
+}
+
+/// Map of cycle start to credits granted in it; kept in the subscription so that an allocation or upgrade is
+/// granted once even after its lot is spent and no longer loaded.
+pub type Granted = BTreeMap<Ts, i64>;

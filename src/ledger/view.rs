@@ -1,0 +1,49 @@
+//! What an account looks like to a reader: its plan, current cycle and what will expire at the cycle's end.
+
+use super::{Account, Source, Subscription, Ts};
+
+impl Account {
+    /// The subscription that gives the account its plan and cycle: the running one with the largest allocation.
+    pub fn current_subscription(&self) -> Option<&Subscription> {
+        self.subscriptions.iter().filter(|s| !s.finished).max_by_key(|s| (s.ends_at.is_none(), s.terms.monthly))
+    }
+
+    /// The plan in force: the running subscription's, else `free` (also once a subscription was cancelled).
+    pub fn plan(&self) -> String {
+        match self.current_subscription() {
+            Some(s) if s.ends_at.is_none() => s.terms.plan.clone(),
+            _ => "free".into(),
+        }
+    }
+
+    /// The current credit cycle `[start, end)`, if a subscription runs.
+    pub fn cycle(&self) -> Option<(Ts, Ts)> {
+        self.current_subscription().map(|s| s.cycle())
+    }
+
+    /// Credits that will expire when the current cycle ends if nothing is spent: lots with an expiry by then,
+    /// plus subscription credits above the rollover cap.
+    pub fn expiring_at_cycle_end(&self) -> i64 {
+        let Some((_, end)) = self.cycle() else {
+            return self.lots.iter().filter(|l| l.expires_at.is_some()).map(|l| l.remaining).sum();
+        };
+        let dated: i64 = self.lots.iter().filter(|l| l.expires_at.is_some_and(|e| e <= end)).map(|l| l.remaining).sum();
+        let over_cap: i64 = self
+            .subscriptions
+            .iter()
+            .filter(|s| !s.finished && s.ends_at.is_none_or(|e| e > end))
+            .map(|s| {
+                let credits: i64 = self
+                    .lots
+                    .iter()
+                    .filter(|l| l.source == Source::Subscription && l.subscription_id.as_deref() == Some(&s.id))
+                    .filter(|l| l.expires_at.is_none_or(|e| e > end))
+                    .map(|l| l.remaining)
+                    .sum();
+                let cap = s.next_terms.as_ref().unwrap_or(&s.terms).cap;
+                (credits - cap).max(0)
+            })
+            .sum();
+        dated + over_cap
+    }
+}

@@ -1,0 +1,12 @@
+//! billing-worker: the prepaid credit ledger of an AI product.
+//!
+//! `ledger` holds the credit rules as pure code; `store` keeps them in SQLite or PostgreSQL; `config` reads the
+//! environment and the catalog; `cli` is the command line. `main` only calls [`cli::run`].
+
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod ledger;
+pub mod serve;
+pub mod store;
+pub mod time;

@@ -1,0 +1,295 @@
+//! The one path every change to an account takes: lock the account, load its open state, apply the rules,
+//! write back what changed with the new entries and the idempotency key, commit.
+
+use super::{Backend, Store, StoreError};
+use crate::ledger::{Account, Applied, Hold, HoldStatus, Lot, Op, Source, Subscription, Ts};
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+use std::collections::HashMap;
+
+/// A change to apply to one account.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub account: String,
+    pub op: Op,
+    /// Recorded on every entry the change makes: `event:..`, `command:..`, `debit:..`.
+    pub cause: String,
+    /// The idempotency key and a fingerprint of the request it belongs to (a repeat with the same fingerprint
+    /// gets the first answer, with another one a conflict).
+    pub key: Option<(String, String)>,
+    /// Create the account when it does not exist (Stripe events, `account.created`); else it is an error.
+    pub create: bool,
+    pub now: Ts,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied(Applied),
+    /// The key was seen before with the same request: the first answer.
+    Duplicate(Applied),
+}
+
+impl Outcome {
+    pub fn applied(&self) -> &Applied {
+        match self {
+            Outcome::Applied(a) | Outcome::Duplicate(a) => a,
+        }
+    }
+}
+
+/// Loaded state plus a copy to diff against.
+struct Loaded {
+    account: Account,
+    lots: HashMap<String, Lot>,
+    subs: HashMap<String, Subscription>,
+    holds: HashMap<String, Hold>,
+}
+
+impl Store {
+    /// Apply `req` in one transaction, serialized with every other change to the account.
+    #[tracing::instrument(skip_all, fields(account = %req.account, cause = %req.cause))]
+    pub async fn execute(&self, req: Request) -> Result<Outcome, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let now = req.now;
+        if req.create {
+            sqlx::query("INSERT INTO accounts (id, created_at, updated_at) VALUES ($1, $2, $2) ON CONFLICT (id) DO NOTHING")
+                .bind(&req.account)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let lock = match self.backend {
+            Backend::Postgres => "SELECT balance, signup_granted FROM accounts WHERE id = $1 FOR UPDATE",
+            Backend::Sqlite => "SELECT balance, signup_granted FROM accounts WHERE id = $1",
+        };
+        let row = sqlx::query(lock).bind(&req.account).fetch_optional(&mut *tx).await?;
+        let Some(row) = row else {
+            return Err(StoreError::UnknownAccount(req.account));
+        };
+        if let Some((key, fp)) = &req.key {
+            let seen = sqlx::query("SELECT request, response FROM effects WHERE account_id = $1 AND key = $2")
+                .bind(&req.account)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(seen) = seen {
+                let request: Option<String> = seen.try_get(0)?;
+                if request.as_deref() != Some(fp.as_str()) {
+                    return Err(StoreError::KeyConflict(key.clone()));
+                }
+                let response: String = seen.try_get(1)?;
+                let first = serde_json::from_str(&response).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                return Ok(Outcome::Duplicate(first));
+            }
+        }
+        let mut loaded = load(&mut tx, &req.account, row.try_get(0)?, row.try_get::<i64, _>(1)? != 0, &req.op).await?;
+        let result = loaded.account.apply(&req.op, now, &req.cause);
+        // Due work applied before a refusal stands: it was owed whatever the request.
+        save(&mut tx, &loaded, now).await?;
+        let applied = match result {
+            Ok(a) => a,
+            Err(e) => {
+                tx.commit().await?;
+                return Err(e.into());
+            }
+        };
+        if let Some((key, fp)) = &req.key {
+            let response = serde_json::to_string(&applied).expect("serializable");
+            sqlx::query("INSERT INTO effects (account_id, key, request, response, created_at) VALUES ($1, $2, $3, $4, $5)")
+                .bind(&req.account)
+                .bind(key)
+                .bind(fp)
+                .bind(response)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Outcome::Applied(applied))
+    }
+
+    /// Apply due work for every account whose next due time has passed; returns how many were touched.
+    pub async fn tick(&self, now: Ts) -> Result<usize, StoreError> {
+        let mut done = 0;
+        loop {
+            let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM accounts WHERE next_due_at <= $1 ORDER BY next_due_at LIMIT 200")
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?;
+            if ids.is_empty() {
+                return Ok(done);
+            }
+            for id in ids {
+                let req = Request { account: id, op: Op::Tick, cause: "tick".into(), key: None, create: false, now };
+                self.execute(req).await?;
+                done += 1;
+            }
+        }
+    }
+}
+
+const LOT_COLUMNS: &str = "id, source, amount, remaining, granted_at, expires_at, subscription_id, cycle_start, clawed";
+
+fn lot_from_row(r: &AnyRow) -> Result<Lot, StoreError> {
+    let source: String = r.try_get(1)?;
+    Ok(Lot {
+        id: r.try_get(0)?,
+        source: Source::parse(&source).ok_or_else(|| StoreError::Corrupt(format!("lot source {source}")))?,
+        amount: r.try_get(2)?,
+        remaining: r.try_get(3)?,
+        granted_at: r.try_get(4)?,
+        expires_at: r.try_get(5)?,
+        subscription_id: r.try_get(6)?,
+        cycle_start: r.try_get(7)?,
+        clawed: r.try_get(8)?,
+    })
+}
+
+fn json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(super) async fn load_lots(tx: &mut Transaction<'static, Any>, account: &str) -> Result<Vec<Lot>, StoreError> {
+    let sql = sqlx::AssertSqlSafe(format!("SELECT {LOT_COLUMNS} FROM lots WHERE account_id = $1 AND remaining > 0 ORDER BY granted_at, id"));
+    let rows = sqlx::query(sql).bind(account).fetch_all(&mut **tx).await?;
+    rows.iter().map(lot_from_row).collect()
+}
+
+async fn load(tx: &mut Transaction<'static, Any>, id: &str, balance: i64, signup: bool, op: &Op) -> Result<Loaded, StoreError> {
+    let mut account = Account { id: id.to_owned(), balance, signup_granted: signup, ..Default::default() };
+    account.lots = load_lots(tx, id).await?;
+    let subs = sqlx::query("SELECT state FROM subscriptions WHERE account_id = $1 ORDER BY id").bind(id).fetch_all(&mut **tx).await?;
+    for r in subs {
+        account.subscriptions.push(json(&r.try_get::<String, _>(0)?)?);
+    }
+    let holds = sqlx::query("SELECT state FROM holds WHERE account_id = $1 AND status = 'active' ORDER BY created_at, id").bind(id).fetch_all(&mut **tx).await?;
+    for r in holds {
+        account.holds.push(json(&r.try_get::<String, _>(0)?)?);
+    }
+    // Lots the op or a hold may touch although they have nothing left.
+    let mut wanted: Vec<String> = account.holds.iter().flat_map(|h| h.taken.iter().map(|(l, _)| l.clone())).collect();
+    match op {
+        Op::Grant { lot_id, .. } => wanted.push(lot_id.clone()),
+        Op::Refund { payment, .. } => wanted.push(payment.clone()),
+        _ => {}
+    }
+    for lot_id in wanted {
+        if account.lots.iter().any(|l| l.id == lot_id) {
+            continue;
+        }
+        let sql = sqlx::AssertSqlSafe(format!("SELECT {LOT_COLUMNS} FROM lots WHERE account_id = $1 AND id = $2"));
+        if let Some(r) = sqlx::query(sql).bind(id).bind(&lot_id).fetch_optional(&mut **tx).await? {
+            account.lots.push(lot_from_row(&r)?);
+        }
+    }
+    Ok(Loaded {
+        lots: account.lots.iter().map(|l| (l.id.clone(), l.clone())).collect(),
+        subs: account.subscriptions.iter().map(|s| (s.id.clone(), s.clone())).collect(),
+        holds: account.holds.iter().map(|h| (h.id.clone(), h.clone())).collect(),
+        account,
+    })
+}
+
+async fn save(tx: &mut Transaction<'static, Any>, l: &Loaded, now: Ts) -> Result<(), StoreError> {
+    let a = &l.account;
+    for lot in &a.lots {
+        match l.lots.get(&lot.id) {
+            Some(old) if old == lot => {}
+            Some(_) => {
+                sqlx::query("UPDATE lots SET amount = $3, remaining = $4, expires_at = $5, clawed = $6 WHERE account_id = $1 AND id = $2")
+                    .bind(&a.id)
+                    .bind(&lot.id)
+                    .bind(lot.amount)
+                    .bind(lot.remaining)
+                    .bind(lot.expires_at)
+                    .bind(lot.clawed)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            None => {
+                let sql = sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO lots (account_id, {LOT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                ));
+                sqlx::query(sql)
+                    .bind(&a.id)
+                    .bind(&lot.id)
+                    .bind(lot.source.as_str())
+                    .bind(lot.amount)
+                    .bind(lot.remaining)
+                    .bind(lot.granted_at)
+                    .bind(lot.expires_at)
+                    .bind(&lot.subscription_id)
+                    .bind(lot.cycle_start)
+                    .bind(lot.clawed)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+    }
+    for s in &a.subscriptions {
+        if l.subs.get(&s.id) != Some(s) {
+            sqlx::query(
+                "INSERT INTO subscriptions (id, account_id, state, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+            )
+            .bind(&s.id)
+            .bind(&a.id)
+            .bind(serde_json::to_string(s).expect("serializable"))
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    for h in &a.holds {
+        if l.holds.get(&h.id) != Some(h) {
+            let status = match h.status {
+                HoldStatus::Active => "active",
+                HoldStatus::Captured => "captured",
+                HoldStatus::Released => "released",
+                HoldStatus::Expired => "expired",
+            };
+            sqlx::query(
+                "INSERT INTO holds (id, account_id, status, amount, deadline, state, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state, updated_at = excluded.updated_at",
+            )
+            .bind(&h.id)
+            .bind(&a.id)
+            .bind(status)
+            .bind(h.amount)
+            .bind(h.deadline)
+            .bind(serde_json::to_string(h).expect("serializable"))
+            .bind(h.created_at)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    for e in &a.entries {
+        sqlx::query(
+            "INSERT INTO entries (account_id, at, kind, amount, lot_id, balance_after, cause, user_id, operation, shortfall, recorded_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&a.id)
+        .bind(e.at)
+        .bind(e.kind.as_str())
+        .bind(e.amount)
+        .bind(&e.lot_id)
+        .bind(e.balance_after)
+        .bind(&e.cause)
+        .bind(&e.user_id)
+        .bind(&e.operation)
+        .bind(e.shortfall)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    sqlx::query("UPDATE accounts SET balance = $2, signup_granted = $3, next_due_at = $4, updated_at = $5 WHERE id = $1")
+        .bind(&a.id)
+        .bind(a.balance)
+        .bind(a.signup_granted as i64)
+        .bind(a.next_due())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

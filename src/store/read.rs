@@ -1,0 +1,122 @@
+//! Reads: an account's state and its ledger entries. A read first applies the due work of the account, so it
+//! reflects every cycle close, allocation and expiry due by the time of the read.
+
+use super::account::load_lots;
+use super::{Request, Store, StoreError};
+use crate::ledger::{Account, Hold, Lot, Op, Subscription, Ts};
+use serde::Serialize;
+use sqlx::Row;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AccountView {
+    pub account: String,
+    pub plan: String,
+    pub balance: i64,
+    pub held: i64,
+    pub lots: Vec<Lot>,
+    pub cycle: Option<(Ts, Ts)>,
+    pub expiring_at_cycle_end: i64,
+    pub subscriptions: Vec<Subscription>,
+    pub holds: Vec<Hold>,
+    pub stripe_customer_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EntryRow {
+    pub id: i64,
+    pub at: Ts,
+    pub kind: String,
+    pub amount: i64,
+    pub lot_id: Option<String>,
+    pub balance_after: i64,
+    pub cause: String,
+    pub user_id: Option<String>,
+    pub operation: Option<String>,
+    pub shortfall: i64,
+}
+
+impl Store {
+    /// Apply the account's due work when some is due by `now`.
+    pub async fn catch_up(&self, account: &str, now: Ts) -> Result<(), StoreError> {
+        let due: Option<Option<i64>> = sqlx::query_scalar("SELECT next_due_at FROM accounts WHERE id = $1")
+            .bind(account)
+            .fetch_optional(&self.pool)
+            .await?;
+        match due {
+            None => Err(StoreError::UnknownAccount(account.into())),
+            Some(Some(t)) if t <= now => {
+                let req = Request { account: account.into(), op: Op::Tick, cause: "read".into(), key: None, create: false, now };
+                self.execute(req).await.map(|_| ())
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The account as of `now` (due work applied first).
+    pub async fn account(&self, id: &str, now: Ts) -> Result<AccountView, StoreError> {
+        self.catch_up(id, now).await?;
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("SELECT balance, signup_granted, stripe_customer_id FROM accounts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::UnknownAccount(id.into()))?;
+        let mut a = Account::new(id);
+        a.balance = row.try_get(0)?;
+        a.signup_granted = row.try_get::<i64, _>(1)? != 0;
+        let customer: Option<String> = row.try_get(2)?;
+        a.lots = load_lots(&mut tx, id).await?;
+        for r in sqlx::query("SELECT state FROM subscriptions WHERE account_id = $1 ORDER BY id").bind(id).fetch_all(&mut *tx).await? {
+            a.subscriptions.push(serde_json::from_str(&r.try_get::<String, _>(0)?).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        }
+        for r in sqlx::query("SELECT state FROM holds WHERE account_id = $1 AND status = 'active' ORDER BY created_at, id").bind(id).fetch_all(&mut *tx).await? {
+            a.holds.push(serde_json::from_str(&r.try_get::<String, _>(0)?).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        }
+        tx.commit().await?;
+        Ok(AccountView {
+            account: id.into(),
+            plan: a.plan(),
+            balance: a.balance,
+            held: a.held(),
+            cycle: a.cycle(),
+            expiring_at_cycle_end: a.expiring_at_cycle_end(),
+            lots: a.lots,
+            subscriptions: a.subscriptions,
+            holds: a.holds,
+            stripe_customer_id: customer,
+        })
+    }
+
+    /// Entries of an account with id above `after`, oldest first, at most `limit`.
+    pub async fn entries(&self, account: &str, after: i64, limit: i64) -> Result<Vec<EntryRow>, StoreError> {
+        self.query_entries("WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3", account, after, limit).await
+    }
+
+    /// The newest `n` entries, oldest first.
+    pub async fn last_entries(&self, account: &str, n: i64) -> Result<Vec<EntryRow>, StoreError> {
+        let mut rows = self.query_entries("WHERE account_id = $1 AND id > $2 ORDER BY id DESC LIMIT $3", account, 0, n).await?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    async fn query_entries(&self, tail: &'static str, account: &str, after: i64, limit: i64) -> Result<Vec<EntryRow>, StoreError> {
+        let sql = format!("SELECT id, at, kind, amount, lot_id, balance_after, cause, user_id, operation, shortfall FROM entries {tail}");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account).bind(after).bind(limit).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(EntryRow {
+                    id: r.try_get(0)?,
+                    at: r.try_get(1)?,
+                    kind: r.try_get(2)?,
+                    amount: r.try_get(3)?,
+                    lot_id: r.try_get(4)?,
+                    balance_after: r.try_get(5)?,
+                    cause: r.try_get(6)?,
+                    user_id: r.try_get(7)?,
+                    operation: r.try_get(8)?,
+                    shortfall: r.try_get(9)?,
+                })
+            })
+            .collect()
+    }
+}
