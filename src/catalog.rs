@@ -87,7 +87,18 @@ pub struct CatalogError {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn plan(monthly: i64, cap: i64, signup: i64, seats: Option<u32>, storage: Option<u32>, res: &str, prio: &str, prices: Option<(i64, i64)>, pro_features: bool, name: &str) -> Plan {
+fn plan(
+    monthly: i64,
+    cap: i64,
+    signup: i64,
+    seats: Option<u32>,
+    storage: Option<u32>,
+    res: &str,
+    prio: &str,
+    prices: Option<(i64, i64)>,
+    pro_features: bool,
+    name: &str,
+) -> Plan {
     Plan {
         monthly_credits: monthly,
         rollover_cap: cap,
@@ -100,7 +111,11 @@ fn plan(monthly: i64, cap: i64, signup: i64, seats: Option<u32>, storage: Option
         price_yearly_cents: prices.map(|p| p.1),
         analytics: pro_features,
         api_access: pro_features,
-        stripe_prices: if prices.is_some() { vec![format!("{name}_monthly"), format!("{name}_yearly")] } else { vec![] },
+        stripe_prices: if prices.is_some() {
+            vec![format!("{name}_monthly"), format!("{name}_yearly")]
+        } else {
+            vec![]
+        },
     }
 }
 
@@ -110,13 +125,24 @@ impl Catalog {
         let mut plans = BTreeMap::new();
         plans.insert("free".into(), plan(0, 0, 5, Some(1), Some(30), "1080p", "basic", Some((0, 0)), false, "free"));
         plans.get_mut("free").unwrap().stripe_prices.clear();
-        plans.insert("basic".into(), plan(20, 40, 0, Some(1), Some(90), "1080p", "basic", Some((999, 9999)), false, "basic"));
-        plans.insert("pro".into(), plan(50, 100, 0, Some(3), Some(365), "4k", "medium", Some((1999, 19999)), false, "pro"));
-        plans.insert("business".into(), plan(150, 300, 0, Some(10), None, "8k", "high", Some((4999, 49999)), true, "business"));
+        plans.insert(
+            "basic".into(),
+            plan(20, 40, 0, Some(1), Some(90), "1080p", "basic", Some((999, 9999)), false, "basic"),
+        );
+        plans.insert(
+            "pro".into(),
+            plan(50, 100, 0, Some(3), Some(365), "4k", "medium", Some((1999, 19999)), false, "pro"),
+        );
+        plans.insert(
+            "business".into(),
+            plan(150, 300, 0, Some(10), None, "8k", "high", Some((4999, 49999)), true, "business"),
+        );
         plans.insert("enterprise".into(), plan(0, 0, 0, None, None, "8k", "high", None, true, "enterprise"));
         let packages = [("credits_25", 25), ("credits_100", 100), ("credits_500", 500)]
             .into_iter()
-            .map(|(n, c)| (n.to_string(), Package { credits: c, price_cents: None, stripe_prices: vec![n.to_string()] }))
+            .map(|(n, c)| {
+                (n.to_string(), Package { credits: c, price_cents: None, stripe_prices: vec![n.to_string()] })
+            })
             .collect();
         let costs = [
             ("image.720p", 1),
@@ -188,7 +214,10 @@ impl Catalog {
             }
             for price in &p.stripe_prices {
                 if let Some(other) = seen.insert(price, format!("packages.{name}")) {
-                    return err(format!("packages.{name}.stripe_prices"), &format!("price {price} is also mapped by {other}"));
+                    return err(
+                        format!("packages.{name}.stripe_prices"),
+                        &format!("price {price} is also mapped by {other}"),
+                    );
                 }
             }
         }
@@ -228,8 +257,14 @@ mod tests {
         let p = |n: &str| c.plans[n].clone();
         assert_eq!((p("free").signup_credits, p("free").monthly_credits, p("free").seats), (5, 0, Some(1)));
         assert_eq!((p("basic").monthly_credits, p("basic").rollover_cap, p("basic").storage_days), (20, 40, Some(90)));
-        assert_eq!((p("pro").monthly_credits, p("pro").rollover_cap, p("pro").seats, p("pro").max_resolution.as_str()), (50, 100, Some(3), "4k"));
-        assert_eq!((p("business").monthly_credits, p("business").rollover_cap, p("business").seats), (150, 300, Some(10)));
+        assert_eq!(
+            (p("pro").monthly_credits, p("pro").rollover_cap, p("pro").seats, p("pro").max_resolution.as_str()),
+            (50, 100, Some(3), "4k")
+        );
+        assert_eq!(
+            (p("business").monthly_credits, p("business").rollover_cap, p("business").seats),
+            (150, 300, Some(10))
+        );
         assert!(p("business").analytics && p("business").api_access && p("business").storage_days.is_none());
         assert_eq!(p("enterprise").seats, None);
         assert_eq!((p("basic").price_monthly_cents, p("basic").price_yearly_cents), (Some(999), Some(9999)));

@@ -6,7 +6,11 @@ use crate::time::{format_rfc3339, now};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "billing-worker", version, about = "Prepaid credit ledger: Stripe webhooks and commands in, ledger entries out")]
+#[command(
+    name = "billing-worker",
+    version,
+    about = "Prepaid credit ledger: Stripe webhooks and commands in, ledger entries out"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -100,12 +104,23 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AnyError> {
             println!("plan     {}", v.plan);
             println!("balance  {}  (held {})", v.balance, v.held);
             if let Some((s, e)) = v.cycle {
-                println!("cycle    {} .. {}  (expiring at its end: {})", format_rfc3339(s), format_rfc3339(e), v.expiring_at_cycle_end);
+                println!(
+                    "cycle    {} .. {}  (expiring at its end: {})",
+                    format_rfc3339(s),
+                    format_rfc3339(e),
+                    v.expiring_at_cycle_end
+                );
             }
             println!("lots");
             for l in &v.lots {
                 let exp = l.expires_at.map(format_rfc3339).unwrap_or_else(|| "never".into());
-                println!("  {:<40} {:<12} {:>6} of {:>6}  expires {exp}", l.id, l.source.as_str(), l.remaining, l.amount);
+                println!(
+                    "  {:<40} {:<12} {:>6} of {:>6}  expires {exp}",
+                    l.id,
+                    l.source.as_str(),
+                    l.remaining,
+                    l.amount
+                );
             }
             println!("entries");
             for e in store.last_entries(&account, entries).await? {

@@ -49,26 +49,27 @@ impl Config {
         let get = |k: &str| get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
 
         let database_url = get("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
-        crate::store::Backend::of_url(&database_url)
-            .ok_or_else(|| invalid("DATABASE_URL", format!("expected sqlite:PATH or postgres://..., got {database_url:?}")))?;
+        crate::store::Backend::of_url(&database_url).ok_or_else(|| {
+            invalid("DATABASE_URL", format!("expected sqlite:PATH or postgres://..., got {database_url:?}"))
+        })?;
 
         let amqp_url = get("AMQP_URL");
-        if let Some(u) = &amqp_url {
-            if !(u.starts_with("amqp://") || u.starts_with("amqps://")) {
-                return Err(invalid("AMQP_URL", format!("expected amqp://..., got {u:?}")));
-            }
+        if let Some(u) = amqp_url.as_ref().filter(|u| !(u.starts_with("amqp://") || u.starts_with("amqps://"))) {
+            return Err(invalid("AMQP_URL", format!("expected amqp://..., got {u:?}")));
         }
 
         let listen_text = get("BILLING_LISTEN").unwrap_or_else(|| "127.0.0.1:8080".into());
-        let listen = listen_text
-            .parse()
-            .map_err(|_| invalid("BILLING_LISTEN", format!("expected HOST:PORT such as 127.0.0.1:8080, got {listen_text:?}")))?;
+        let listen = listen_text.parse().map_err(|_| {
+            invalid("BILLING_LISTEN", format!("expected HOST:PORT such as 127.0.0.1:8080, got {listen_text:?}"))
+        })?;
 
         let (catalog, catalog_source) = match get("BILLING_CONFIG") {
             None => (Catalog::builtin(), "built-in".to_owned()),
             Some(path) => {
-                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::CatalogRead { path: path.clone(), source })?;
-                let c = Catalog::with_overlay(&text).map_err(|source| ConfigError::Catalog { path: path.clone(), source })?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|source| ConfigError::CatalogRead { path: path.clone(), source })?;
+                let c = Catalog::with_overlay(&text)
+                    .map_err(|source| ConfigError::Catalog { path: path.clone(), source })?;
                 (c, path)
             }
         };
@@ -77,7 +78,8 @@ impl Config {
             .map(|s| s.split(',').map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect())
             .unwrap_or_default();
 
-        let webhook_tolerance_secs = parse_u64(get("STRIPE_WEBHOOK_TOLERANCE_SECS"), "STRIPE_WEBHOOK_TOLERANCE_SECS", 300)?;
+        let webhook_tolerance_secs =
+            parse_u64(get("STRIPE_WEBHOOK_TOLERANCE_SECS"), "STRIPE_WEBHOOK_TOLERANCE_SECS", 300)?;
         let tick_interval_secs = parse_u64(get("BILLING_TICK_SECS"), "BILLING_TICK_SECS", 60)?;
         if tick_interval_secs == 0 {
             return Err(invalid("BILLING_TICK_SECS", "must be 1 or more"));

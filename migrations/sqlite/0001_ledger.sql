@@ -27,23 +27,26 @@ CREATE TABLE lots (
 CREATE INDEX lots_open ON lots (account_id) WHERE remaining > 0;
 
 CREATE TABLE subscriptions (
-    id TEXT PRIMARY KEY,
     account_id TEXT NOT NULL REFERENCES accounts (id),
+    id TEXT NOT NULL,
     state TEXT NOT NULL,
-    updated_at BIGINT NOT NULL
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (account_id, id)
 );
-CREATE INDEX subscriptions_account ON subscriptions (account_id);
+CREATE INDEX subscriptions_id ON subscriptions (id);
 
 CREATE TABLE holds (
-    id TEXT PRIMARY KEY,
     account_id TEXT NOT NULL REFERENCES accounts (id),
+    id TEXT NOT NULL,
     status TEXT NOT NULL,
     amount BIGINT NOT NULL,
     deadline BIGINT NOT NULL,
     state TEXT NOT NULL,
     created_at BIGINT NOT NULL,
-    updated_at BIGINT NOT NULL
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (account_id, id)
 );
+CREATE INDEX holds_id ON holds (id);
 CREATE INDEX holds_active ON holds (account_id) WHERE status = 'active';
 
 CREATE TABLE entries (

@@ -196,7 +196,13 @@ impl Account {
     pub(crate) fn cancel(&mut self, sub: &str, at: Ts, _now: Ts) -> Result<i64, RuleError> {
         let si = self.sub_index(sub)?;
         let s = &mut self.subscriptions[si];
-        let ends = if at <= s.anchor { s.anchor } else if cycle_start_at(s.anchor, at) == at { at } else { boundary_after(s.anchor, at) };
+        let ends = if at <= s.anchor {
+            s.anchor
+        } else if cycle_start_at(s.anchor, at) == at {
+            at
+        } else {
+            boundary_after(s.anchor, at)
+        };
         let ends = s.ends_at.map_or(ends, |e| e.min(ends));
         s.ends_at = Some(ends);
         if s.cursor >= ends {
@@ -251,10 +257,24 @@ impl Account {
     /// Apply, in time order, everything due by `now`: hold deadlines, lot expiries, cycle boundaries.
     pub(crate) fn apply_due(&mut self, now: Ts) {
         loop {
-            let hold = self.holds.iter().enumerate().filter(|(_, h)| h.status == HoldStatus::Active).map(|(i, h)| (h.deadline, 0, i)).min();
-            let lot = self.lots.iter().enumerate().filter(|(_, l)| l.remaining > 0).filter_map(|(i, l)| l.expires_at.map(|e| (e, 1, i))).min();
-            let sub = self.subscriptions.iter().enumerate().filter_map(|(i, s)| s.next_boundary().map(|b| (b, 2, i))).min();
-            let Some((at, class, i)) = [hold, lot, sub].into_iter().flatten().filter(|&(t, _, _)| t <= now).min() else {
+            let hold = self
+                .holds
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| h.status == HoldStatus::Active)
+                .map(|(i, h)| (h.deadline, 0, i))
+                .min();
+            let lot = self
+                .lots
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.remaining > 0)
+                .filter_map(|(i, l)| l.expires_at.map(|e| (e, 1, i)))
+                .min();
+            let sub =
+                self.subscriptions.iter().enumerate().filter_map(|(i, s)| s.next_boundary().map(|b| (b, 2, i))).min();
+            let Some((at, class, i)) = [hold, lot, sub].into_iter().flatten().filter(|&(t, _, _)| t <= now).min()
+            else {
                 return;
             };
             match class {
@@ -269,4 +289,3 @@ impl Account {
         }
     }
 }
-

@@ -24,7 +24,16 @@ impl Account {
             return Ok(h.amount); // the same hold asked for again
         }
         let taken = self.take(credits, EntryKind::Hold, now, cause, user_id.as_deref(), operation.as_deref())?;
-        self.holds.push(Hold { id: id.to_owned(), amount: credits, taken, created_at: now, deadline, user_id, operation, status: HoldStatus::Active });
+        self.holds.push(Hold {
+            id: id.to_owned(),
+            amount: credits,
+            taken,
+            created_at: now,
+            deadline,
+            user_id,
+            operation,
+            status: HoldStatus::Active,
+        });
         Ok(credits)
     }
 
@@ -50,7 +59,8 @@ impl Account {
         self.holds[i].status = HoldStatus::Captured;
         let (user, op) = (self.holds[i].user_id.clone(), self.holds[i].operation.clone());
         if credits > 0 {
-            self.take(credits, EntryKind::Debit, now, cause, user.as_deref(), op.as_deref()).expect("the held credits were just given back");
+            self.take(credits, EntryKind::Debit, now, cause, user.as_deref(), op.as_deref())
+                .expect("the held credits were just given back");
         }
         Ok(credits)
     }

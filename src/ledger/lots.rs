@@ -102,11 +102,19 @@ impl Account {
     /// Refund clawback (rule 9): `refunded` of `total` (cumulative, in the payment's currency units) was
     /// refunded, so `floor(amount * refunded / total)` credits of the lot bought are claimed back in all. What is
     /// left in the lot is taken; the rest was spent and is recorded as a shortfall. Returns credits taken.
-    pub(crate) fn refund(&mut self, payment: &str, refunded: i64, total: i64, now: Ts, cause: &str) -> Result<i64, RuleError> {
+    pub(crate) fn refund(
+        &mut self,
+        payment: &str,
+        refunded: i64,
+        total: i64,
+        now: Ts,
+        cause: &str,
+    ) -> Result<i64, RuleError> {
         if total <= 0 || refunded < 0 || refunded > total {
             return Err(RuleError::InvalidRefund { refunded, total });
         }
-        let i = self.lots.iter().position(|l| l.id == payment).ok_or_else(|| RuleError::UnknownPayment(payment.into()))?;
+        let i =
+            self.lots.iter().position(|l| l.id == payment).ok_or_else(|| RuleError::UnknownPayment(payment.into()))?;
         let lot = &self.lots[i];
         let target = ((lot.amount as i128 * refunded as i128) / total as i128) as i64;
         let claim = target - lot.clawed;
@@ -123,7 +131,10 @@ impl Account {
             self.push_entry(EntryBuilder::new(now, EntryKind::Clawback, -take, Some(&id), cause));
         }
         if shortfall > 0 {
-            self.push_entry(EntryBuilder { shortfall, ..EntryBuilder::new(now, EntryKind::Shortfall, 0, Some(&id), cause) });
+            self.push_entry(EntryBuilder {
+                shortfall,
+                ..EntryBuilder::new(now, EntryKind::Shortfall, 0, Some(&id), cause)
+            });
         }
         Ok(take)
     }

@@ -8,9 +8,11 @@
 mod cycle;
 mod holds;
 mod lots;
-mod view;
+#[cfg(test)]
+mod props;
 #[cfg(test)]
 mod tests;
+mod view;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -178,24 +180,67 @@ pub enum Op {
     /// Apply due work only.
     Tick,
     /// Free signup credits, once per account.
-    Signup { credits: i64 },
+    Signup {
+        credits: i64,
+    },
     /// A package (or any non-expiring) grant keyed by `lot_id` (the payment).
-    Grant { lot_id: String, source: Source, credits: i64 },
-    Debit { key: String, credits: i64, user_id: Option<String>, operation: Option<String> },
+    Grant {
+        lot_id: String,
+        source: Source,
+        credits: i64,
+    },
+    Debit {
+        key: String,
+        credits: i64,
+        user_id: Option<String>,
+        operation: Option<String>,
+    },
     /// Manual grant (> 0) or removal (< 0, never below zero), keyed by `key`.
-    Adjust { key: String, credits: i64 },
-    Refund { payment: String, refunded: i64, total: i64 },
-    HoldCreate { id: String, credits: i64, deadline: Ts, user_id: Option<String>, operation: Option<String> },
-    HoldCapture { id: String, credits: i64 },
-    HoldRelease { id: String },
+    Adjust {
+        key: String,
+        credits: i64,
+    },
+    Refund {
+        payment: String,
+        refunded: i64,
+        total: i64,
+    },
+    HoldCreate {
+        id: String,
+        credits: i64,
+        deadline: Ts,
+        user_id: Option<String>,
+        operation: Option<String>,
+    },
+    HoldCapture {
+        id: String,
+        credits: i64,
+    },
+    HoldRelease {
+        id: String,
+    },
     /// Record or update a subscription (plan, anchor); upgrades take effect now, downgrades next cycle.
-    Subscribe { id: String, anchor: Ts, terms: PlanTerms },
+    Subscribe {
+        id: String,
+        anchor: Ts,
+        terms: PlanTerms,
+    },
     /// A billing period of the subscription was paid: grant the allocation of every cycle it covers once due.
-    Paid { subscription: String, start: Ts, end: Ts },
+    Paid {
+        subscription: String,
+        start: Ts,
+        end: Ts,
+    },
     /// Grant the difference to `terms` for the current cycle (rule 6), switching to `terms` if higher.
-    Upgrade { subscription: String, terms: PlanTerms },
+    Upgrade {
+        subscription: String,
+        terms: PlanTerms,
+    },
     /// The subscription ended at `at`: its credits expire at the end of the cycle containing `at`.
-    Cancel { subscription: String, at: Ts },
+    Cancel {
+        subscription: String,
+        at: Ts,
+    },
 }
 
 /// What an applied op reports back.

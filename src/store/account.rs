@@ -52,11 +52,13 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let now = req.now;
         if req.create {
-            sqlx::query("INSERT INTO accounts (id, created_at, updated_at) VALUES ($1, $2, $2) ON CONFLICT (id) DO NOTHING")
-                .bind(&req.account)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO accounts (id, created_at, updated_at) VALUES ($1, $2, $2) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&req.account)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         }
         let lock = match self.backend {
             Backend::Postgres => "SELECT balance, signup_granted FROM accounts WHERE id = $1 FOR UPDATE",
@@ -95,14 +97,16 @@ impl Store {
         };
         if let Some((key, fp)) = &req.key {
             let response = serde_json::to_string(&applied).expect("serializable");
-            sqlx::query("INSERT INTO effects (account_id, key, request, response, created_at) VALUES ($1, $2, $3, $4, $5)")
-                .bind(&req.account)
-                .bind(key)
-                .bind(fp)
-                .bind(response)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO effects (account_id, key, request, response, created_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&req.account)
+            .bind(key)
+            .bind(fp)
+            .bind(response)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(Outcome::Applied(applied))
@@ -112,10 +116,11 @@ impl Store {
     pub async fn tick(&self, now: Ts) -> Result<usize, StoreError> {
         let mut done = 0;
         loop {
-            let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM accounts WHERE next_due_at <= $1 ORDER BY next_due_at LIMIT 200")
-                .bind(now)
-                .fetch_all(&self.pool)
-                .await?;
+            let ids: Vec<String> =
+                sqlx::query_scalar("SELECT id FROM accounts WHERE next_due_at <= $1 ORDER BY next_due_at LIMIT 200")
+                    .bind(now)
+                    .fetch_all(&self.pool)
+                    .await?;
             if ids.is_empty() {
                 return Ok(done);
             }
@@ -150,24 +155,55 @@ fn json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
 }
 
 pub(super) async fn load_lots(tx: &mut Transaction<'static, Any>, account: &str) -> Result<Vec<Lot>, StoreError> {
-    let sql = sqlx::AssertSqlSafe(format!("SELECT {LOT_COLUMNS} FROM lots WHERE account_id = $1 AND remaining > 0 ORDER BY granted_at, id"));
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {LOT_COLUMNS} FROM lots WHERE account_id = $1 AND remaining > 0 ORDER BY granted_at, id"
+    ));
     let rows = sqlx::query(sql).bind(account).fetch_all(&mut **tx).await?;
     rows.iter().map(lot_from_row).collect()
 }
 
-async fn load(tx: &mut Transaction<'static, Any>, id: &str, balance: i64, signup: bool, op: &Op) -> Result<Loaded, StoreError> {
+async fn load(
+    tx: &mut Transaction<'static, Any>,
+    id: &str,
+    balance: i64,
+    signup: bool,
+    op: &Op,
+) -> Result<Loaded, StoreError> {
     let mut account = Account { id: id.to_owned(), balance, signup_granted: signup, ..Default::default() };
     account.lots = load_lots(tx, id).await?;
-    let subs = sqlx::query("SELECT state FROM subscriptions WHERE account_id = $1 ORDER BY id").bind(id).fetch_all(&mut **tx).await?;
+    let subs = sqlx::query("SELECT state FROM subscriptions WHERE account_id = $1 ORDER BY id")
+        .bind(id)
+        .fetch_all(&mut **tx)
+        .await?;
     for r in subs {
         account.subscriptions.push(json(&r.try_get::<String, _>(0)?)?);
     }
-    let holds = sqlx::query("SELECT state FROM holds WHERE account_id = $1 AND status = 'active' ORDER BY created_at, id").bind(id).fetch_all(&mut **tx).await?;
+    let holds =
+        sqlx::query("SELECT state FROM holds WHERE account_id = $1 AND status = 'active' ORDER BY created_at, id")
+            .bind(id)
+            .fetch_all(&mut **tx)
+            .await?;
     for r in holds {
         account.holds.push(json(&r.try_get::<String, _>(0)?)?);
     }
+    // The hold the op names, whatever its status, so a repeat or a late capture gets the right answer.
+    if let Op::HoldCreate { id: hold, .. } | Op::HoldCapture { id: hold, .. } | Op::HoldRelease { id: hold } = op
+        && !account.holds.iter().any(|h| &h.id == hold)
+    {
+        {
+            let row = sqlx::query("SELECT state FROM holds WHERE account_id = $1 AND id = $2")
+                .bind(id)
+                .bind(hold)
+                .fetch_optional(&mut **tx)
+                .await?;
+            if let Some(r) = row {
+                account.holds.push(json(&r.try_get::<String, _>(0)?)?);
+            }
+        }
+    }
     // Lots the op or a hold may touch although they have nothing left.
-    let mut wanted: Vec<String> = account.holds.iter().flat_map(|h| h.taken.iter().map(|(l, _)| l.clone())).collect();
+    let active = account.holds.iter().filter(|h| h.status == HoldStatus::Active);
+    let mut wanted: Vec<String> = active.flat_map(|h| h.taken.iter().map(|(l, _)| l.clone())).collect();
     match op {
         Op::Grant { lot_id, .. } => wanted.push(lot_id.clone()),
         Op::Refund { payment, .. } => wanted.push(payment.clone()),
@@ -230,7 +266,7 @@ async fn save(tx: &mut Transaction<'static, Any>, l: &Loaded, now: Ts) -> Result
         if l.subs.get(&s.id) != Some(s) {
             sqlx::query(
                 "INSERT INTO subscriptions (id, account_id, state, updated_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                 ON CONFLICT (account_id, id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
             )
             .bind(&s.id)
             .bind(&a.id)
@@ -250,7 +286,7 @@ async fn save(tx: &mut Transaction<'static, Any>, l: &Loaded, now: Ts) -> Result
             };
             sqlx::query(
                 "INSERT INTO holds (id, account_id, status, amount, deadline, state, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state, updated_at = excluded.updated_at",
+                 ON CONFLICT (account_id, id) DO UPDATE SET status = excluded.status, state = excluded.state, updated_at = excluded.updated_at",
             )
             .bind(&h.id)
             .bind(&a.id)
@@ -283,13 +319,15 @@ async fn save(tx: &mut Transaction<'static, Any>, l: &Loaded, now: Ts) -> Result
         .execute(&mut **tx)
         .await?;
     }
-    sqlx::query("UPDATE accounts SET balance = $2, signup_granted = $3, next_due_at = $4, updated_at = $5 WHERE id = $1")
-        .bind(&a.id)
-        .bind(a.balance)
-        .bind(a.signup_granted as i64)
-        .bind(a.next_due())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE accounts SET balance = $2, signup_granted = $3, next_due_at = $4, updated_at = $5 WHERE id = $1",
+    )
+    .bind(&a.id)
+    .bind(a.balance)
+    .bind(a.signup_granted as i64)
+    .bind(a.next_due())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }

@@ -9,7 +9,7 @@ const SQLITE: &[(i64, &str, &str)] = &[(1, "ledger", include_str!("../../migrati
 const POSTGRES: &[(i64, &str, &str)] = &[(1, "ledger", include_str!("../../migrations/postgres/0001_ledger.sql"))];
 
 /// Arbitrary constant naming the migration lock.
-const LOCK_ID: i64 = 0x6269_6c6c_696e_67;
+const LOCK_ID: i64 = 0x0062_696c_6c69_6e67;
 
 impl Store {
     /// Apply the migrations not yet applied; returns how many were.

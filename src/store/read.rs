@@ -45,7 +45,14 @@ impl Store {
         match due {
             None => Err(StoreError::UnknownAccount(account.into())),
             Some(Some(t)) if t <= now => {
-                let req = Request { account: account.into(), op: Op::Tick, cause: "read".into(), key: None, create: false, now };
+                let req = Request {
+                    account: account.into(),
+                    op: Op::Tick,
+                    cause: "read".into(),
+                    key: None,
+                    create: false,
+                    now,
+                };
                 self.execute(req).await.map(|_| ())
             }
             Some(_) => Ok(()),
@@ -66,11 +73,24 @@ impl Store {
         a.signup_granted = row.try_get::<i64, _>(1)? != 0;
         let customer: Option<String> = row.try_get(2)?;
         a.lots = load_lots(&mut tx, id).await?;
-        for r in sqlx::query("SELECT state FROM subscriptions WHERE account_id = $1 ORDER BY id").bind(id).fetch_all(&mut *tx).await? {
-            a.subscriptions.push(serde_json::from_str(&r.try_get::<String, _>(0)?).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        for r in sqlx::query("SELECT state FROM subscriptions WHERE account_id = $1 ORDER BY id")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?
+        {
+            a.subscriptions.push(
+                serde_json::from_str(&r.try_get::<String, _>(0)?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            );
         }
-        for r in sqlx::query("SELECT state FROM holds WHERE account_id = $1 AND status = 'active' ORDER BY created_at, id").bind(id).fetch_all(&mut *tx).await? {
-            a.holds.push(serde_json::from_str(&r.try_get::<String, _>(0)?).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        for r in
+            sqlx::query("SELECT state FROM holds WHERE account_id = $1 AND status = 'active' ORDER BY created_at, id")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?
+        {
+            a.holds.push(
+                serde_json::from_str(&r.try_get::<String, _>(0)?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            );
         }
         tx.commit().await?;
         Ok(AccountView {
@@ -94,14 +114,24 @@ impl Store {
 
     /// The newest `n` entries, oldest first.
     pub async fn last_entries(&self, account: &str, n: i64) -> Result<Vec<EntryRow>, StoreError> {
-        let mut rows = self.query_entries("WHERE account_id = $1 AND id > $2 ORDER BY id DESC LIMIT $3", account, 0, n).await?;
+        let mut rows =
+            self.query_entries("WHERE account_id = $1 AND id > $2 ORDER BY id DESC LIMIT $3", account, 0, n).await?;
         rows.reverse();
         Ok(rows)
     }
 
-    async fn query_entries(&self, tail: &'static str, account: &str, after: i64, limit: i64) -> Result<Vec<EntryRow>, StoreError> {
-        let sql = format!("SELECT id, at, kind, amount, lot_id, balance_after, cause, user_id, operation, shortfall FROM entries {tail}");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account).bind(after).bind(limit).fetch_all(&self.pool).await?;
+    async fn query_entries(
+        &self,
+        tail: &'static str,
+        account: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<EntryRow>, StoreError> {
+        let sql = format!(
+            "SELECT id, at, kind, amount, lot_id, balance_after, cause, user_id, operation, shortfall FROM entries {tail}"
+        );
+        let rows =
+            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account).bind(after).bind(limit).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 Ok(EntryRow {

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Start (installing first, on a fresh Debian machine) the services the test suite talks to:
+# PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth, database `test`).
+# Idempotent: services already running are left alone. Also drops the per-test databases of earlier runs.
+set -euo pipefail
+
+log() { echo "test-services: $*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }
+
+start_postgres() {
+  if pg_up; then return; fi
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    log "installing PostgreSQL"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq postgresql >/dev/null
+    local hba
+    hba=$(ls /etc/postgresql/*/main/pg_hba.conf | head -n1)
+    # Tests connect as postgres over 127.0.0.1 without a password, as on the development machines.
+    as_root sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
+  fi
+  log "starting PostgreSQL"
+  as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+  for _ in $(seq 1 60); do pg_up && break; sleep 1; done
+  pg_up || { log "PostgreSQL did not come up"; exit 1; }
+}
+
+start_postgres
+psql -h 127.0.0.1 -U postgres -d postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 \
+  || psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE test"
+# Per-test databases of earlier runs.
+for db in $(psql -h 127.0.0.1 -U postgres -d test -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'bw\_test\_%'"); do
+  psql -h 127.0.0.1 -U postgres -d test -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 || true
+done
+log "ready"
