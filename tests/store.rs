@@ -148,6 +148,21 @@ async fn holds_and_refunds_reach_spent_lots(store: Store) {
     assert_eq!((v.balance, v.held), (3, 0));
 }
 
+async fn team_members_are_kept_and_checked(store: Store) {
+    grant(&store, "team", "pi", 10, 0).await;
+    for u in ["ann", "bob"] {
+        store.execute(req("team", Op::AddMember { user_id: u.into(), seats: Some(2) }, 1)).await.unwrap();
+    }
+    let third = store.execute(req("team", Op::AddMember { user_id: "cy".into(), seats: Some(2) }, 2)).await;
+    assert!(matches!(third, Err(StoreError::Rule(RuleError::SeatLimit { seats: 2 }))), "{third:?}");
+    let op = Op::Debit { key: "k1".into(), credits: 1, user_id: Some("cy".into()), operation: None };
+    let r = store.execute(Request { key: Some(("k1".into(), "1".into())), ..req("team", op, 3) }).await;
+    assert!(matches!(r, Err(StoreError::Rule(RuleError::NotAMember(_)))), "{r:?}");
+    store.execute(req("team", Op::RemoveMember { user_id: "bob".into() }, 4)).await.unwrap();
+    let v = store.account("team", 5).await.unwrap();
+    assert_eq!((v.members, v.balance), (vec!["ann".to_string()], 10));
+}
+
 async fn migrate_is_idempotent(store: Store) {
     assert_eq!(store.migrate().await.unwrap(), 0);
     assert!(store.ping().await);
@@ -275,5 +290,6 @@ on_both_backends!(
     tick_applies_due_work_for_all_accounts,
     holds_and_refunds_reach_spent_lots,
     migrate_is_idempotent,
+    team_members_are_kept_and_checked,
     store_matches_the_rules_and_repeats_change_nothing,
 );

@@ -73,3 +73,10 @@ CREATE TABLE effects (
     created_at BIGINT NOT NULL,
     PRIMARY KEY (account_id, key)
 );
+
+CREATE TABLE members (
+    account_id TEXT NOT NULL REFERENCES accounts (id),
+    user_id TEXT NOT NULL,
+    added_at BIGINT NOT NULL,
+    PRIMARY KEY (account_id, user_id)
+);

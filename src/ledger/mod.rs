@@ -8,6 +8,7 @@
 mod cycle;
 mod holds;
 mod lots;
+mod members;
 #[cfg(test)]
 mod props;
 #[cfg(test)]
@@ -148,6 +149,8 @@ pub struct Account {
     pub lots: Vec<Lot>,
     pub subscriptions: Vec<Subscription>,
     pub holds: Vec<Hold>,
+    /// Registered team members (rule 11); empty: the account is not a team and debits are not checked.
+    pub members: Vec<String>,
     /// Entries produced since the account was loaded, in order.
     pub entries: Vec<Entry>,
 }
@@ -169,6 +172,12 @@ pub enum RuleError {
     UnknownSubscription(String),
     #[error("no lot was bought by payment {0}")]
     UnknownPayment(String),
+    #[error("{0:?} is not a member of this account")]
+    NotAMember(String),
+    #[error("all {seats} seats of the plan are taken")]
+    SeatLimit { seats: u32 },
+    #[error("a user id must not be empty")]
+    BadUser,
     #[error("invalid refund: refunded {refunded} of {total}")]
     InvalidRefund { refunded: i64, total: i64 },
 }
@@ -236,6 +245,13 @@ pub enum Op {
         subscription: String,
         terms: PlanTerms,
     },
+    AddMember {
+        user_id: String,
+        seats: Option<u32>,
+    },
+    RemoveMember {
+        user_id: String,
+    },
     /// The subscription ended at `at`: its credits expire at the end of the cycle containing `at`.
     Cancel {
         subscription: String,
@@ -289,12 +305,14 @@ impl Account {
             }
             Op::Debit { credits, user_id, operation, .. } => {
                 positive(*credits)?;
+                self.check_member(user_id.as_deref())?;
                 self.take(*credits, EntryKind::Debit, now, cause, user_id.as_deref(), operation.as_deref())?;
                 Ok(*credits)
             }
             Op::Adjust { key, credits } => Ok(self.adjust(key, *credits, now, cause)),
             Op::Refund { payment, refunded, total } => self.refund(payment, *refunded, *total, now, cause),
             Op::HoldCreate { id, credits, deadline, user_id, operation } => {
+                self.check_member(user_id.as_deref())?;
                 self.hold_create(id, *credits, *deadline, user_id.clone(), operation.clone(), now, cause)
             }
             Op::HoldCapture { id, credits } => self.hold_capture(id, *credits, now, cause),
@@ -306,6 +324,8 @@ impl Account {
             Op::Paid { subscription, start, end } => self.paid(subscription, *start, *end, now, cause),
             Op::Upgrade { subscription, terms } => self.upgrade(subscription, terms, now, cause),
             Op::Cancel { subscription, at } => self.cancel(subscription, *at, now),
+            Op::AddMember { user_id, seats } => self.add_member(user_id, *seats),
+            Op::RemoveMember { user_id } => self.remove_member(user_id),
         }
     }
 

@@ -43,6 +43,7 @@ struct Loaded {
     lots: HashMap<String, Lot>,
     subs: HashMap<String, Subscription>,
     holds: HashMap<String, Hold>,
+    members: Vec<String>,
 }
 
 impl Store {
@@ -154,6 +155,11 @@ fn json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+pub(super) async fn load_members(tx: &mut Transaction<'static, Any>, account: &str) -> Result<Vec<String>, StoreError> {
+    let q = sqlx::query_scalar("SELECT user_id FROM members WHERE account_id = $1 ORDER BY added_at, user_id");
+    Ok(q.bind(account).fetch_all(&mut **tx).await?)
+}
+
 pub(super) async fn load_lots(tx: &mut Transaction<'static, Any>, account: &str) -> Result<Vec<Lot>, StoreError> {
     let sql = sqlx::AssertSqlSafe(format!(
         "SELECT {LOT_COLUMNS} FROM lots WHERE account_id = $1 AND remaining > 0 ORDER BY granted_at, id"
@@ -178,6 +184,7 @@ async fn load(
     for r in subs {
         account.subscriptions.push(json(&r.try_get::<String, _>(0)?)?);
     }
+    account.members = load_members(tx, id).await?;
     let holds =
         sqlx::query("SELECT state FROM holds WHERE account_id = $1 AND status = 'active' ORDER BY created_at, id")
             .bind(id)
@@ -222,6 +229,7 @@ async fn load(
         lots: account.lots.iter().map(|l| (l.id.clone(), l.clone())).collect(),
         subs: account.subscriptions.iter().map(|s| (s.id.clone(), s.clone())).collect(),
         holds: account.holds.iter().map(|h| (h.id.clone(), h.clone())).collect(),
+        members: account.members.clone(),
         account,
     })
 }
@@ -299,6 +307,21 @@ async fn save(tx: &mut Transaction<'static, Any>, l: &Loaded, now: Ts) -> Result
             .execute(&mut **tx)
             .await?;
         }
+    }
+    for m in a.members.iter().filter(|m| !l.members.contains(m)) {
+        sqlx::query("INSERT INTO members (account_id, user_id, added_at) VALUES ($1, $2, $3)")
+            .bind(&a.id)
+            .bind(m)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+    }
+    for m in l.members.iter().filter(|m| !a.members.contains(m)) {
+        sqlx::query("DELETE FROM members WHERE account_id = $1 AND user_id = $2")
+            .bind(&a.id)
+            .bind(m)
+            .execute(&mut **tx)
+            .await?;
     }
     for e in &a.entries {
         sqlx::query(

@@ -1,7 +1,7 @@
 //! Reads: an account's state and its ledger entries. A read first applies the due work of the account, so it
 //! reflects every cycle close, allocation and expiry due by the time of the read.
 
-use super::account::load_lots;
+use super::account::{load_lots, load_members};
 use super::{Request, Store, StoreError};
 use crate::ledger::{Account, Hold, Lot, Op, Subscription, Ts};
 use serde::Serialize;
@@ -18,6 +18,7 @@ pub struct AccountView {
     pub expiring_at_cycle_end: i64,
     pub subscriptions: Vec<Subscription>,
     pub holds: Vec<Hold>,
+    pub members: Vec<String>,
     pub stripe_customer_id: Option<String>,
 }
 
@@ -73,6 +74,7 @@ impl Store {
         a.signup_granted = row.try_get::<i64, _>(1)? != 0;
         let customer: Option<String> = row.try_get(2)?;
         a.lots = load_lots(&mut tx, id).await?;
+        a.members = load_members(&mut tx, id).await?;
         for r in sqlx::query("SELECT state FROM subscriptions WHERE account_id = $1 ORDER BY id")
             .bind(id)
             .fetch_all(&mut *tx)
@@ -103,6 +105,7 @@ impl Store {
             lots: a.lots,
             subscriptions: a.subscriptions,
             holds: a.holds,
+            members: a.members,
             stripe_customer_id: customer,
         })
     }
