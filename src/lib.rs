@@ -5,8 +5,11 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod http;
 pub mod ledger;
 pub mod serve;
 pub mod store;
+pub mod stripe;
 pub mod time;

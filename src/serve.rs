@@ -1,29 +1,94 @@
-//! The long-running worker: opens the store, applies due cycle work periodically, and stops cleanly on
-//! Ctrl-C or SIGTERM, finishing what is in flight.
+//! The long-running worker: the HTTP server, and in the background the periodic tick that applies due cycle
+//! work and retries events waiting for a fact. Stops on Ctrl-C or SIGTERM, finishing requests in flight.
 
+use crate::clock::Clock;
 use crate::config::Config;
+use crate::http::{AppState, router};
 use crate::store::Store;
+use crate::stripe::Intake;
+use crate::stripe::api::StripeApi;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
-pub async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A running server (for tests and `main`).
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), std::io::Error>>,
+}
+
+impl Running {
+    /// Stop accepting, finish requests in flight, stop the background work.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+pub fn state(config: Config, store: Store, clock: Clock) -> Result<AppState, AnyError> {
+    let api = match &config.stripe_api_key {
+        Some(key) => Some(StripeApi::new(&config.stripe_api_base, key)?),
+        None => None,
+    };
+    let catalog = Arc::new(config.catalog.clone());
+    let intake = Intake { store: store.clone(), catalog, api };
+    Ok(AppState { store, intake, config: Arc::new(config), clock })
+}
+
+/// Open the store, bind `config.listen` (port 0 picks one) and serve until [`Running::shutdown`].
+pub async fn start(config: Config, clock: Clock) -> Result<Running, AnyError> {
     let store = Store::open(&config.database_url).await?;
-    tracing::info!(database = %crate::cli::redact(&config.database_url), "billing-worker started");
-    let mut interval = tokio::time::interval(Duration::from_secs(config.tick_interval_secs));
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let tick_every = Duration::from_secs(config.tick_interval_secs);
+    let state = state(config, store, clock)?;
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(background(state.clone(), tick_every, stopped.clone()));
+    let app = router(state.clone());
+    let mut stopped_http = stopped;
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped_http.changed().await;
+            })
+            .await
+    });
+    tracing::info!(%addr, "listening");
+    Ok(Running { addr, state, stop, task })
+}
+
+async fn background(state: AppState, every: Duration, mut stopped: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(every);
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            _ = stopped.changed() => return,
             _ = interval.tick() => {
-                match store.tick(crate::time::now()).await {
+                let now = state.clock.now();
+                match state.store.tick(now).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(accounts = n, "due work applied"),
                     Err(e) => tracing::warn!(error = %e, "tick failed; retrying at the next interval"),
                 }
+                if let Err(e) = state.intake.retry_waiting(now).await {
+                    tracing::warn!(error = %e, "retry of waiting events failed");
+                }
             }
         }
     }
+}
+
+pub async fn run(config: Config) -> Result<(), AnyError> {
+    tracing::info!(database = %crate::cli::redact(&config.database_url), "billing-worker starting");
+    let running = start(config, Clock::system()).await?;
+    shutdown_signal().await;
     tracing::info!("shutting down");
+    let store = running.state.store.clone();
+    running.shutdown().await;
     store.close().await;
     Ok(())
 }

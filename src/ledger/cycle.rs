@@ -9,16 +9,34 @@ use crate::time::add_months;
 use serde::{Deserialize, Serialize};
 
 /// What a plan gives each month and how much of it may roll over.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct PlanTerms {
     pub plan: String,
     pub monthly: i64,
     pub cap: i64,
 }
 
+/// A subscription as Stripe describes it at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Snapshot {
+    pub id: String,
+    /// When credits start: the start of a trial, or the anchor.
+    pub start: Ts,
+    pub anchor: Ts,
+    pub terms: PlanTerms,
+    pub status: String,
+    pub interval: String,
+    pub cancel_at_period_end: bool,
+    /// Orders snapshots: the event's creation time (and kind); older snapshots do not override newer ones.
+    pub version: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscription {
     pub id: String,
+    /// Start of the first credit cycle when it precedes the anchor (a trial); else the anchor.
+    #[serde(default)]
+    pub start: Option<Ts>,
     /// Billing anchor: cycles start here and every calendar month after it, day clamped to the month's end.
     pub anchor: Ts,
     /// Terms in force for the current cycle.
@@ -33,6 +51,14 @@ pub struct Subscription {
     /// When its credits end (end of the cycle in which it was cancelled).
     pub ends_at: Option<Ts>,
     pub finished: bool,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub interval: String,
+    #[serde(default)]
+    pub cancel_at_period_end: bool,
+    #[serde(default)]
+    pub version: i64,
 }
 
 /// The index `k` of the cycle containing `t`: `add_months(anchor, k) <= t < add_months(anchor, k + 1)`.
@@ -66,18 +92,29 @@ pub fn boundary_after(anchor: Ts, t: Ts) -> Ts {
 }
 
 impl Subscription {
-    pub fn new(id: &str, anchor: Ts, terms: PlanTerms) -> Self {
+    pub fn new(snap: &Snapshot) -> Self {
+        let start = snap.start.min(snap.anchor);
         Subscription {
-            id: id.to_owned(),
-            anchor,
-            terms,
+            id: snap.id.clone(),
+            start: (start < snap.anchor).then_some(start),
+            anchor: snap.anchor,
+            terms: snap.terms.clone(),
             next_terms: None,
-            cursor: anchor,
+            cursor: start,
             paid: Vec::new(),
             granted: Granted::new(),
             ends_at: None,
             finished: false,
+            status: snap.status.clone(),
+            interval: snap.interval.clone(),
+            cancel_at_period_end: snap.cancel_at_period_end,
+            version: snap.version,
         }
+    }
+
+    /// The start of the cycle containing `t`: before the anchor, the trial cycle that precedes it.
+    pub fn cycle_start_at(&self, t: Ts) -> Ts {
+        if t < self.anchor { self.start.unwrap_or(self.anchor) } else { cycle_start_at(self.anchor, t) }
     }
 
     /// The next boundary this subscription still has to process.
@@ -107,13 +144,20 @@ impl Account {
 
     /// Record a subscription or change its plan (rule 6): a higher monthly allocation takes effect now (the
     /// top-up comes with the paid upgrade invoice, [`Op::Upgrade`](super::Op)), anything else at the next cycle.
-    pub(crate) fn subscribe(&mut self, id: &str, anchor: Ts, terms: &PlanTerms, _now: Ts) {
-        match self.subscriptions.iter_mut().find(|s| s.id == id) {
-            None => self.subscriptions.push(Subscription::new(id, anchor, terms.clone())),
+    pub(crate) fn subscribe(&mut self, snap: &Snapshot) {
+        match self.subscriptions.iter_mut().find(|s| s.id == snap.id) {
+            None => self.subscriptions.push(Subscription::new(snap)),
+            Some(s) if snap.version < s.version => {}
             Some(s) => {
-                if s.anchor != anchor && !s.finished {
-                    s.anchor = anchor;
+                s.version = snap.version;
+                s.status = snap.status.clone();
+                s.interval = snap.interval.clone();
+                s.cancel_at_period_end = snap.cancel_at_period_end;
+                if s.anchor != snap.anchor && !s.finished {
+                    // Re-anchored (Stripe's billing_cycle_anchor reset): cycles after the current one follow it.
+                    s.anchor = snap.anchor;
                 }
+                let terms = &snap.terms;
                 if terms.monthly > s.terms.monthly {
                     s.terms = terms.clone();
                     s.next_terms = None;
@@ -139,7 +183,7 @@ impl Account {
         }
         let (anchor, cursor) = (s.anchor, s.cursor);
         let mut granted = 0;
-        let mut c = cycle_start_at(anchor, start);
+        let mut c = self.subscriptions[si].cycle_start_at(start);
         while c <= cursor {
             if c >= start && c < end {
                 let g = self.allocate(si, c, now, cause);

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub use crate::time::Ts;
-pub use cycle::PlanTerms;
+pub use cycle::{PlanTerms, Snapshot};
 
 /// Where a lot's credits came from. Only `Subscription` credits are cut at cycle close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +234,18 @@ pub enum Op {
         anchor: Ts,
         terms: PlanTerms,
     },
+    /// What a Stripe subscription object says, as of `version`; an older snapshot than the last one applied
+    /// changes nothing (Stripe does not keep order).
+    Snapshot(Snapshot),
+    /// Record the subscription's status (`past_due` after a failed payment); no credits.
+    SubscriptionStatus {
+        subscription: String,
+        status: String,
+    },
+    /// Several ops applied together, all or none.
+    Batch {
+        ops: Vec<Op>,
+    },
     /// A billing period of the subscription was paid: grant the allocation of every cycle it covers once due.
     Paid {
         subscription: String,
@@ -265,6 +277,16 @@ pub struct Applied {
     /// Credits moved by the op itself (granted, debited, held, captured, clawed back, removed).
     pub credits: i64,
     pub balance: i64,
+}
+
+impl Op {
+    /// This op and, for a batch, every op in it.
+    pub fn flatten(&self) -> Vec<&Op> {
+        match self {
+            Op::Batch { ops } => ops.iter().flat_map(Op::flatten).collect(),
+            op => vec![op],
+        }
+    }
 }
 
 impl Account {
@@ -318,8 +340,32 @@ impl Account {
             Op::HoldCapture { id, credits } => self.hold_capture(id, *credits, now, cause),
             Op::HoldRelease { id } => self.hold_release(id, HoldStatus::Released, now, cause),
             Op::Subscribe { id, anchor, terms } => {
-                self.subscribe(id, *anchor, terms, now);
+                let snap = Snapshot {
+                    id: id.clone(),
+                    start: *anchor,
+                    anchor: *anchor,
+                    terms: terms.clone(),
+                    ..Snapshot::default()
+                };
+                self.subscribe(&snap);
                 Ok(0)
+            }
+            Op::Snapshot(snap) => {
+                self.subscribe(snap);
+                Ok(0)
+            }
+            Op::SubscriptionStatus { subscription, status } => {
+                let si = self.subscriptions.iter().position(|s| &s.id == subscription);
+                let si = si.ok_or_else(|| RuleError::UnknownSubscription(subscription.clone()))?;
+                self.subscriptions[si].status = status.clone();
+                Ok(0)
+            }
+            Op::Batch { ops } => {
+                let mut credits = 0;
+                for op in ops {
+                    credits += self.apply_op(op, now, cause)?;
+                }
+                Ok(credits)
             }
             Op::Paid { subscription, start, end } => self.paid(subscription, *start, *end, now, cause),
             Op::Upgrade { subscription, terms } => self.upgrade(subscription, terms, now, cause),

@@ -51,6 +51,18 @@ impl Store {
     #[tracing::instrument(skip_all, fields(account = %req.account, cause = %req.cause))]
     pub async fn execute(&self, req: Request) -> Result<Outcome, StoreError> {
         let mut tx = self.begin_write().await?;
+        let result = self.execute_in(&mut tx, req).await;
+        match &result {
+            // A refusal by the rules still keeps the due work found on the way: it was owed anyway.
+            Ok(_) | Err(StoreError::Rule(_)) => tx.commit().await?,
+            Err(_) => tx.rollback().await?,
+        }
+        result
+    }
+
+    /// Apply `req` inside the caller's write transaction (from [`Store::begin_write`]), so it commits together
+    /// with whatever else the caller writes (the inbox row of the event that caused it).
+    pub async fn execute_in(&self, tx: &mut Transaction<'static, Any>, req: Request) -> Result<Outcome, StoreError> {
         let now = req.now;
         if req.create {
             sqlx::query(
@@ -58,14 +70,14 @@ impl Store {
             )
             .bind(&req.account)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
         let lock = match self.backend {
             Backend::Postgres => "SELECT balance, signup_granted FROM accounts WHERE id = $1 FOR UPDATE",
             Backend::Sqlite => "SELECT balance, signup_granted FROM accounts WHERE id = $1",
         };
-        let row = sqlx::query(lock).bind(&req.account).fetch_optional(&mut *tx).await?;
+        let row = sqlx::query(lock).bind(&req.account).fetch_optional(&mut **tx).await?;
         let Some(row) = row else {
             return Err(StoreError::UnknownAccount(req.account));
         };
@@ -73,7 +85,7 @@ impl Store {
             let seen = sqlx::query("SELECT request, response FROM effects WHERE account_id = $1 AND key = $2")
                 .bind(&req.account)
                 .bind(key)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut **tx)
                 .await?;
             if let Some(seen) = seen {
                 let request: Option<String> = seen.try_get(0)?;
@@ -81,21 +93,13 @@ impl Store {
                     return Err(StoreError::KeyConflict(key.clone()));
                 }
                 let response: String = seen.try_get(1)?;
-                let first = serde_json::from_str(&response).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                return Ok(Outcome::Duplicate(first));
+                return Ok(Outcome::Duplicate(json(&response)?));
             }
         }
-        let mut loaded = load(&mut tx, &req.account, row.try_get(0)?, row.try_get::<i64, _>(1)? != 0, &req.op).await?;
+        let mut loaded = load(tx, &req.account, row.try_get(0)?, row.try_get::<i64, _>(1)? != 0, &req.op).await?;
         let result = loaded.account.apply(&req.op, now, &req.cause);
-        // Due work applied before a refusal stands: it was owed whatever the request.
-        save(&mut tx, &loaded, now).await?;
-        let applied = match result {
-            Ok(a) => a,
-            Err(e) => {
-                tx.commit().await?;
-                return Err(e.into());
-            }
-        };
+        save(tx, &loaded, now).await?;
+        let applied = result?;
         if let Some((key, fp)) = &req.key {
             let response = serde_json::to_string(&applied).expect("serializable");
             sqlx::query(
@@ -106,10 +110,9 @@ impl Store {
             .bind(fp)
             .bind(response)
             .bind(now)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
-        tx.commit().await?;
         Ok(Outcome::Applied(applied))
     }
 
@@ -193,17 +196,14 @@ async fn load(
     for r in holds {
         account.holds.push(json(&r.try_get::<String, _>(0)?)?);
     }
-    // The hold the op names, whatever its status, so a repeat or a late capture gets the right answer.
-    if let Op::HoldCreate { id: hold, .. } | Op::HoldCapture { id: hold, .. } | Op::HoldRelease { id: hold } = op
-        && !account.holds.iter().any(|h| &h.id == hold)
-    {
+    let ops = op.flatten();
+    // The holds the op names, whatever their status, so a repeat or a late capture gets the right answer.
+    for op in &ops {
+        if let Op::HoldCreate { id: hold, .. } | Op::HoldCapture { id: hold, .. } | Op::HoldRelease { id: hold } = op
+            && !account.holds.iter().any(|h| &h.id == hold)
         {
-            let row = sqlx::query("SELECT state FROM holds WHERE account_id = $1 AND id = $2")
-                .bind(id)
-                .bind(hold)
-                .fetch_optional(&mut **tx)
-                .await?;
-            if let Some(r) = row {
+            let q = sqlx::query("SELECT state FROM holds WHERE account_id = $1 AND id = $2");
+            if let Some(r) = q.bind(id).bind(hold).fetch_optional(&mut **tx).await? {
                 account.holds.push(json(&r.try_get::<String, _>(0)?)?);
             }
         }
@@ -211,10 +211,12 @@ async fn load(
     // Lots the op or a hold may touch although they have nothing left.
     let active = account.holds.iter().filter(|h| h.status == HoldStatus::Active);
     let mut wanted: Vec<String> = active.flat_map(|h| h.taken.iter().map(|(l, _)| l.clone())).collect();
-    match op {
-        Op::Grant { lot_id, .. } => wanted.push(lot_id.clone()),
-        Op::Refund { payment, .. } => wanted.push(payment.clone()),
-        _ => {}
+    for op in &ops {
+        match op {
+            Op::Grant { lot_id, .. } => wanted.push(lot_id.clone()),
+            Op::Refund { payment, .. } => wanted.push(payment.clone()),
+            _ => {}
+        }
     }
     for lot_id in wanted {
         if account.lots.iter().any(|l| l.id == lot_id) {

@@ -5,8 +5,14 @@
 
 use super::{Backend, Store, StoreError};
 
-const SQLITE: &[(i64, &str, &str)] = &[(1, "ledger", include_str!("../../migrations/sqlite/0001_ledger.sql"))];
-const POSTGRES: &[(i64, &str, &str)] = &[(1, "ledger", include_str!("../../migrations/postgres/0001_ledger.sql"))];
+const SQLITE: &[(i64, &str, &str)] = &[
+    (1, "ledger", include_str!("../../migrations/sqlite/0001_ledger.sql")),
+    (2, "inbox", include_str!("../../migrations/sqlite/0002_inbox.sql")),
+];
+const POSTGRES: &[(i64, &str, &str)] = &[
+    (1, "ledger", include_str!("../../migrations/postgres/0001_ledger.sql")),
+    (2, "inbox", include_str!("../../migrations/postgres/0002_inbox.sql")),
+];
 
 /// Arbitrary constant naming the migration lock.
 const LOCK_ID: i64 = 0x0062_696c_6c69_6e67;

@@ -6,10 +6,12 @@
 //! account row (`FOR UPDATE`), SQLite takes the write lock at `BEGIN IMMEDIATE` so concurrent writers wait.
 
 mod account;
+mod inbox;
 mod migrate;
 mod read;
 
 pub use account::{Outcome, Request};
+pub use inbox::{InboxFilter, InboxRow, InboxStatus};
 pub use read::{AccountView, EntryRow};
 
 use crate::ledger::RuleError;
@@ -112,7 +114,7 @@ impl Store {
     }
 
     /// A write transaction: on SQLite it holds the database write lock from its first statement.
-    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
+    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
         Ok(match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
