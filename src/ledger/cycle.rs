@@ -29,6 +29,9 @@ pub struct Snapshot {
     pub cancel_at_period_end: bool,
     /// Orders snapshots: the event's creation time (and kind); older snapshots do not override newer ones.
     pub version: i64,
+    /// When the snapshot was taken (a plan change in it took effect then).
+    #[serde(default)]
+    pub at: Ts,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,29 +147,61 @@ impl Account {
 
     /// Record a subscription or change its plan (rule 6): a higher monthly allocation takes effect now (the
     /// top-up comes with the paid upgrade invoice, [`Op::Upgrade`](super::Op)), anything else at the next cycle.
-    pub(crate) fn subscribe(&mut self, snap: &Snapshot) {
-        match self.subscriptions.iter_mut().find(|s| s.id == snap.id) {
-            None => self.subscriptions.push(Subscription::new(snap)),
-            Some(s) if snap.version < s.version => {}
-            Some(s) => {
-                s.version = snap.version;
-                s.status = snap.status.clone();
-                s.interval = snap.interval.clone();
-                s.cancel_at_period_end = snap.cancel_at_period_end;
-                if s.anchor != snap.anchor && !s.finished {
-                    // Re-anchored (Stripe's billing_cycle_anchor reset): cycles after the current one follow it.
-                    s.anchor = snap.anchor;
-                }
-                let terms = &snap.terms;
-                if terms.monthly > s.terms.monthly {
-                    s.terms = terms.clone();
-                    s.next_terms = None;
-                } else if *terms == s.terms {
-                    s.next_terms = None;
-                } else {
-                    s.next_terms = Some(terms.clone());
-                }
-            }
+    pub(crate) fn subscribe(&mut self, snap: &Snapshot, now: Ts, cause: &str) -> i64 {
+        let Some(si) = self.subscriptions.iter().position(|s| s.id == snap.id) else {
+            self.subscriptions.push(Subscription::new(snap));
+            return 0;
+        };
+        let s = &mut self.subscriptions[si];
+        if snap.version < s.version {
+            return 0;
+        }
+        s.version = snap.version;
+        s.status = snap.status.clone();
+        s.interval = snap.interval.clone();
+        s.cancel_at_period_end = snap.cancel_at_period_end;
+        if s.anchor != snap.anchor && !s.finished {
+            // Re-anchored (Stripe's billing_cycle_anchor reset): cycles after the current one follow it.
+            s.anchor = snap.anchor;
+        }
+        let terms = &snap.terms;
+        if terms.monthly <= s.terms.monthly {
+            s.next_terms = if *terms == s.terms { None } else { Some(terms.clone()) };
+            return 0;
+        }
+        s.terms = terms.clone();
+        s.next_terms = None;
+        // Learned late: cycles that started after the change were allocated on the old plan; top them up.
+        let changed_in = s.cycle_start_at(snap.at);
+        let later: Vec<Ts> = s.granted.keys().copied().filter(|c| *c > changed_in).collect();
+        later.into_iter().map(|c| self.top_up(si, c, now, cause)).sum()
+    }
+
+    /// Grant cycle `c` the difference to the subscription's monthly credits; close again what ended since.
+    fn top_up(&mut self, si: usize, c: Ts, now: Ts, cause: &str) -> i64 {
+        let s = &mut self.subscriptions[si];
+        let Some(&so_far) = s.granted.get(&c) else { return 0 };
+        let diff = s.terms.monthly - so_far;
+        if diff <= 0 || s.finished {
+            return 0;
+        }
+        s.granted.insert(c, so_far + diff);
+        let (id, plan, ends_at, cursor) = (s.id.clone(), s.terms.plan.clone(), s.ends_at, s.cursor);
+        let lot_id = format!("upgrade:{id}:{c}:{plan}");
+        let granted = self.grant_once(&lot_id, Source::Subscription, diff, now, Some((&id, c)), ends_at, cause);
+        if c < cursor {
+            self.reclose_after(si, c, now, cause);
+        }
+        granted
+    }
+
+    /// Apply again, in order, every cycle close after cycle `c` up to the current cycle.
+    fn reclose_after(&mut self, si: usize, c: Ts, now: Ts, cause: &str) {
+        let (anchor, cursor) = (self.subscriptions[si].anchor, self.subscriptions[si].cursor);
+        let mut b = boundary_after(anchor, c);
+        while b <= cursor {
+            self.cut_to_cap(si, b, now, cause);
+            b = boundary_after(anchor, b);
         }
     }
 
@@ -189,11 +224,7 @@ impl Account {
                 let g = self.allocate(si, c, now, cause);
                 if g > 0 && c < cursor {
                     // That cycle has ended: apply its close and every later one again, in order.
-                    let mut b = boundary_after(anchor, c);
-                    while b <= cursor {
-                        self.cut_to_cap(si, b, now, cause);
-                        b = boundary_after(anchor, b);
-                    }
+                    self.reclose_after(si, c, now, cause);
                 }
                 granted += g;
             }
@@ -214,26 +245,25 @@ impl Account {
         self.grant_once(&lot_id, Source::Subscription, monthly, at, Some((&id, c)), ends_at, cause)
     }
 
-    /// Rule 6: top up the current cycle to `terms`' monthly credits, switching to `terms` when it is higher.
-    pub(crate) fn upgrade(&mut self, sub: &str, terms: &PlanTerms, now: Ts, cause: &str) -> Result<i64, RuleError> {
+    /// Rule 6: the paid upgrade at `at` tops the cycle containing it up to `terms`' monthly credits, switching
+    /// to `terms` when they are higher.
+    pub(crate) fn upgrade(
+        &mut self,
+        sub: &str,
+        terms: &PlanTerms,
+        at: Ts,
+        now: Ts,
+        cause: &str,
+    ) -> Result<i64, RuleError> {
         let si = self.sub_index(sub)?;
         let s = &mut self.subscriptions[si];
         if terms.monthly > s.terms.monthly {
             s.terms = terms.clone();
             s.next_terms = None;
         }
-        let c = s.cursor;
-        let Some(&so_far) = s.granted.get(&c) else {
-            return Ok(0); // not allocated yet: the allocation will use the new terms
-        };
-        let diff = s.terms.monthly - so_far;
-        if diff <= 0 || s.finished {
-            return Ok(0);
-        }
-        s.granted.insert(c, so_far + diff);
-        let (id, plan, ends_at) = (s.id.clone(), s.terms.plan.clone(), s.ends_at);
-        let lot_id = format!("upgrade:{id}:{c}:{plan}");
-        Ok(self.grant_once(&lot_id, Source::Subscription, diff, now, Some((&id, c)), ends_at, cause))
+        let c = s.cycle_start_at(at.min(s.cursor));
+        // Not allocated yet: the allocation will use the new terms.
+        Ok(self.top_up(si, c, now, cause))
     }
 
     /// Rule 7: the subscription ended at `at`; its credits stay until the end of that cycle, then expire.

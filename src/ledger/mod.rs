@@ -256,6 +256,8 @@ pub enum Op {
     Upgrade {
         subscription: String,
         terms: PlanTerms,
+        /// When the upgrade happened; the top-up goes to the cycle containing it.
+        at: Ts,
     },
     AddMember {
         user_id: String,
@@ -345,15 +347,12 @@ impl Account {
                     start: *anchor,
                     anchor: *anchor,
                     terms: terms.clone(),
+                    at: now,
                     ..Snapshot::default()
                 };
-                self.subscribe(&snap);
-                Ok(0)
+                Ok(self.subscribe(&snap, now, cause))
             }
-            Op::Snapshot(snap) => {
-                self.subscribe(snap);
-                Ok(0)
-            }
+            Op::Snapshot(snap) => Ok(self.subscribe(snap, now, cause)),
             Op::SubscriptionStatus { subscription, status } => {
                 let si = self.subscriptions.iter().position(|s| &s.id == subscription);
                 let si = si.ok_or_else(|| RuleError::UnknownSubscription(subscription.clone()))?;
@@ -368,7 +367,7 @@ impl Account {
                 Ok(credits)
             }
             Op::Paid { subscription, start, end } => self.paid(subscription, *start, *end, now, cause),
-            Op::Upgrade { subscription, terms } => self.upgrade(subscription, terms, now, cause),
+            Op::Upgrade { subscription, terms, at } => self.upgrade(subscription, terms, *at, now, cause),
             Op::Cancel { subscription, at } => self.cancel(subscription, *at, now),
             Op::AddMember { user_id, seats } => self.add_member(user_id, *seats),
             Op::RemoveMember { user_id } => self.remove_member(user_id),

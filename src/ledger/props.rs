@@ -60,7 +60,7 @@ fn op_of(s: &Step, now: &mut Ts, n: usize) -> Op {
         }
         Step::Refund(i, pct) => Op::Refund { payment: format!("pi_{i}"), refunded: pct, total: 100 },
         Step::Adjust(i, c) => Op::Adjust { key: format!("a{i}"), credits: c },
-        Step::Upgrade => Op::Upgrade { subscription: "sub".into(), terms: pro() },
+        Step::Upgrade => Op::Upgrade { subscription: "sub".into(), terms: pro(), at: *now },
         Step::Downgrade => Op::Subscribe { id: "sub".into(), anchor: ANCHOR, terms: basic() },
         Step::Cancel => Op::Cancel { subscription: "sub".into(), at: *now },
     }

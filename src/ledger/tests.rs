@@ -198,14 +198,17 @@ fn upgrade_grants_difference_once_per_cycle_downgrade_waits() {
     let mid = anchor + 10 * 86_400;
     ok(&mut a, Op::Subscribe { id: "sub".into(), anchor, terms: pro() }, mid);
     assert_eq!(a.balance, 20, "recording the plan grants nothing by itself");
-    assert_eq!(ok(&mut a, Op::Upgrade { subscription: "sub".into(), terms: pro() }, mid).credits, 30);
-    assert_eq!(ok(&mut a, Op::Upgrade { subscription: "sub".into(), terms: pro() }, mid + 5).credits, 0);
+    assert_eq!(ok(&mut a, Op::Upgrade { subscription: "sub".into(), terms: pro(), at: mid }, mid).credits, 30);
+    assert_eq!(ok(&mut a, Op::Upgrade { subscription: "sub".into(), terms: pro(), at: mid + 5 }, mid + 5).credits, 0);
     assert_eq!(a.balance, 50);
     assert_eq!(a.plan(), "pro");
     // Downgrade back to basic: takes effect at the next cycle, with basic's cap at that close.
     ok(&mut a, Op::Subscribe { id: "sub".into(), anchor, terms: basic() }, mid + 10);
     assert_eq!(a.plan(), "pro");
-    assert_eq!(ok(&mut a, Op::Upgrade { subscription: "sub".into(), terms: basic() }, mid + 11).credits, 0);
+    assert_eq!(
+        ok(&mut a, Op::Upgrade { subscription: "sub".into(), terms: basic(), at: mid + 11 }, mid + 11).credits,
+        0
+    );
     pay(&mut a, anchor, 1, add_months(anchor, 1));
     assert_eq!(a.plan(), "basic");
     assert_eq!(a.balance, 40 + 20, "cut to basic's cap of 40, then basic's 20");
@@ -323,4 +326,59 @@ fn due_work_is_the_same_however_it_is_split() {
     assert_eq!(once.balance, stepwise.balance);
     assert_eq!(once.lots, stepwise.lots);
     assert_eq!(once.subscriptions, stepwise.subscriptions);
+}
+
+#[test]
+fn a_trial_is_a_cycle_of_its_own_before_the_anchor() {
+    let start = t("2026-01-01T00:00:00Z");
+    let anchor = t("2026-01-15T00:00:00Z");
+    let mut a = Account::new("acc");
+    let snap =
+        Snapshot { id: "sub".into(), start, anchor, terms: basic(), version: 1, at: start, ..Snapshot::default() };
+    ok(&mut a, Op::Snapshot(snap), start);
+    ok(&mut a, Op::Paid { subscription: "sub".into(), start, end: anchor }, start + 10);
+    assert_eq!(a.balance, 20, "the paid $0 trial invoice grants the allocation");
+    assert_eq!(a.cycle(), Some((start, anchor)));
+    ok(&mut a, Op::Paid { subscription: "sub".into(), start: anchor, end: add_months(anchor, 1) }, anchor);
+    assert_eq!(a.balance, 40);
+    assert_eq!(a.cycle(), Some((anchor, t("2026-02-15T00:00:00Z"))));
+}
+
+#[test]
+fn older_snapshots_do_not_override_newer_ones() {
+    let anchor = t("2026-01-01T00:00:00Z");
+    let snap = |terms: PlanTerms, version: i64| {
+        Op::Snapshot(Snapshot {
+            id: "sub".into(),
+            start: anchor,
+            anchor,
+            terms,
+            version,
+            at: anchor + version,
+            ..Snapshot::default()
+        })
+    };
+    let mut a = Account::new("acc");
+    ok(&mut a, snap(pro(), 20), anchor);
+    ok(&mut a, snap(basic(), 10), anchor);
+    assert_eq!(a.plan(), "pro", "the older basic snapshot arrived late and changes nothing");
+    assert_eq!(a.subscriptions[0].next_terms, None);
+}
+
+#[test]
+fn an_upgrade_learned_late_tops_up_cycles_allocated_on_the_old_plan() {
+    let anchor = t("2026-01-01T00:00:00Z");
+    let mut a = subscribed(basic(), anchor, 2);
+    ok(&mut a, Op::Tick, add_months(anchor, 1) + 10);
+    assert_eq!(a.balance, 40, "two basic allocations");
+    // The upgrade happened on day 10 of the first cycle; its snapshot and paid invoice arrive only now.
+    let at = anchor + 10 * 86_400;
+    let snap =
+        Snapshot { id: "sub".into(), start: anchor, anchor, terms: pro(), version: 5, at, ..Snapshot::default() };
+    assert_eq!(ok(&mut a, Op::Snapshot(snap), add_months(anchor, 1) + 20).credits, 30, "second cycle topped up to pro");
+    assert_eq!(
+        ok(&mut a, Op::Upgrade { subscription: "sub".into(), terms: pro(), at }, add_months(anchor, 1) + 30).credits,
+        30
+    );
+    assert_eq!(a.balance, 100, "as if on time: 20 + 30 upgrade, then 50");
 }

@@ -167,6 +167,7 @@ impl Mapper<'_> {
             interval,
             cancel_at_period_end: sub.cancel_at_period_end.unwrap_or(false),
             version,
+            at: env.created,
         };
         let mut ops = vec![Op::Snapshot(snap)];
         if deleted {
@@ -229,7 +230,9 @@ impl Mapper<'_> {
                     }
                 },
             };
-            Op::Upgrade { subscription: sub.clone(), terms }
+            // The upgrade happened where its proration starts.
+            let at = inv.lines().iter().filter_map(|l| l.period()).map(|p| p.0).min().unwrap_or(env.created);
+            Op::Upgrade { subscription: sub.clone(), terms, at }
         } else {
             let periods: Vec<(Ts, Ts)> =
                 inv.lines().iter().filter(|l| !l.is_proration()).filter_map(|l| l.period()).collect();
