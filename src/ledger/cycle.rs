@@ -171,9 +171,9 @@ impl Account {
         }
         s.terms = terms.clone();
         s.next_terms = None;
-        // Learned late: cycles that started after the change were allocated on the old plan; top them up.
-        let changed_in = s.cycle_start_at(snap.at);
-        let later: Vec<Ts> = s.granted.keys().copied().filter(|c| *c > changed_in).collect();
+        // Learned late: cycles that started at or after the change were allocated on the old plan; top them
+        // up. (The cycle in which it happened gets its difference from the paid upgrade invoice.)
+        let later: Vec<Ts> = s.granted.keys().copied().filter(|c| *c >= snap.at).collect();
         later.into_iter().map(|c| self.top_up(si, c, now, cause)).sum()
     }
 

@@ -27,6 +27,13 @@ pub struct Decision {
     pub duplicate: bool,
 }
 
+/// Whether an event is decided for the first time (its row was inserted in the same transaction) or again.
+#[derive(Clone, Copy)]
+enum Attempt<'a> {
+    First(&'a str),
+    Again,
+}
+
 #[derive(Clone)]
 pub struct Intake {
     pub store: Store,
@@ -58,7 +65,7 @@ impl Intake {
                 .ok_or_else(|| StoreError::Corrupt("inbox row vanished".into()))?;
             return Ok(Decision { id: row.id, status: row.status, detail: row.detail, duplicate: true });
         };
-        let decision = self.decide(tx, id, env, &pre, now, false).await?;
+        let decision = self.decide(tx, id, env, &pre, now, Attempt::First(payload)).await?;
         self.wake(&decision, now).await;
         Ok(decision.0)
     }
@@ -97,7 +104,7 @@ impl Intake {
             tx.rollback().await?;
             return Ok(Decision { id, status: row.status, detail: row.detail, duplicate: true });
         }
-        let decision = self.decide(tx, id, &env, &pre, now, true).await?;
+        let decision = self.decide(tx, id, &env, &pre, now, Attempt::Again).await?;
         self.wake(&decision, now).await;
         Ok(decision.0)
     }
@@ -110,8 +117,9 @@ impl Intake {
         env: &Envelope,
         pre: &Prefetched,
         now: Ts,
-        again: bool,
+        attempt: Attempt<'_>,
     ) -> Result<(Decision, Vec<String>), StoreError> {
+        let mut id = id;
         let mapper = Mapper { store: &self.store, catalog: &self.catalog, now };
         let (status, detail, waiting, account, facts) = match mapper.handle(&mut tx, env, pre).await {
             Ok(Handled::Applied { account, facts }) => (InboxStatus::Applied, None, None, Some(account), facts),
@@ -132,12 +140,28 @@ impl Intake {
                     Fail::Wait(fact) => (InboxStatus::Waiting, Some(format!("waiting for {fact}")), Some(fact)),
                     Fail::Store(_) => unreachable!(),
                 };
+                if let Attempt::First(payload) = attempt {
+                    // The rollback took the new inbox row with it: store the event again, now decided.
+                    let s = &self.store;
+                    match s
+                        .inbox_insert(&mut tx, SOURCE, &env.id, &env.kind, payload, env.created, status, None, now)
+                        .await?
+                    {
+                        Some(new_id) => id = new_id,
+                        None => {
+                            // Stored meanwhile by a concurrent delivery, which decides it the same way.
+                            tx.rollback().await?;
+                            return Ok((Decision { id, status, detail, duplicate: true }, vec![]));
+                        }
+                    }
+                }
                 (status, detail, waiting, None, vec![])
             }
         };
         if status == InboxStatus::Failed {
             tracing::warn!(event_id = %env.id, error = detail.as_deref().unwrap_or(""), "event failed; kept for replay");
         }
+        let again = matches!(attempt, Attempt::Again);
         self.store
             .inbox_set(&mut tx, id, status, detail.as_deref(), waiting.as_deref(), account.as_deref(), now, again)
             .await?;
@@ -176,7 +200,7 @@ impl Intake {
             return Ok(vec![]);
         }
         let Ok(env) = parse_envelope(row.payload.as_bytes()) else { return Ok(vec![]) };
-        let (_, facts) = self.decide(tx, id, &env, &Prefetched::default(), now, true).await?;
+        let (_, facts) = self.decide(tx, id, &env, &Prefetched::default(), now, Attempt::Again).await?;
         Ok(facts)
     }
 
