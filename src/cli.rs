@@ -34,6 +34,54 @@ pub enum Command {
         #[command(subcommand)]
         command: AccountsCommand,
     },
+    /// Events that failed for good or wait for a fact.
+    Failed {
+        #[command(subcommand)]
+        command: FailedCommand,
+    },
+    /// Decide stored events again: one by id (or event id), or all failed and waiting ones.
+    Replay {
+        /// The inbox id or the event id.
+        id: Option<String>,
+        /// Replay every failed or waiting event.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        /// With --all: only events seen at or after this time (RFC 3339, a date, or unix seconds).
+        #[arg(long, requires = "all", value_parser = parse_time)]
+        since: Option<i64>,
+        /// With --all: only events from this source.
+        #[arg(long, requires = "all", value_parser = ["stripe", "queue"])]
+        source: Option<String>,
+    },
+    /// Talk to the Stripe API (needs STRIPE_API_KEY).
+    Stripe {
+        #[command(subcommand)]
+        command: StripeCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FailedCommand {
+    /// List failed and waiting events with their errors.
+    List {
+        #[arg(long, value_parser = ["stripe", "queue"])]
+        source: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StripeCommand {
+    /// Fetch the events Stripe could not deliver since a time and apply them.
+    Backfill {
+        /// RFC 3339 time, a date, or unix seconds.
+        #[arg(long, value_parser = parse_time)]
+        since: i64,
+    },
+}
+
+fn parse_time(s: &str) -> Result<i64, String> {
+    crate::time::parse_rfc3339(s)
+        .ok_or_else(|| format!("{s:?} is not a time: use RFC 3339 (2026-01-31T12:00:00Z), a date, or unix seconds"))
 }
 
 #[derive(Subcommand, Debug)]
@@ -88,6 +136,15 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AnyError> {
             let n = store.tick(now()).await?;
             println!("due work applied to {n} account(s)");
             Ok(())
+        }
+        Command::Failed { command: FailedCommand::List { source } } => {
+            crate::cli_ops::failed_list(&config, source).await
+        }
+        Command::Replay { id: Some(id), all: false, .. } => crate::cli_ops::replay_one(&config, &id).await,
+        Command::Replay { all: true, since, source, .. } => crate::cli_ops::replay_all(&config, since, source).await,
+        Command::Replay { .. } => Err("name an event to replay, or --all".into()),
+        Command::Stripe { command: StripeCommand::Backfill { since } } => {
+            crate::cli_ops::backfill(&config, since).await
         }
         Command::Config { command: ConfigCommand::Check } => {
             println!("# catalog: {}", config.catalog_source);

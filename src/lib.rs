@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod cli_ops;
 pub mod clock;
 pub mod config;
 pub mod http;

@@ -36,7 +36,9 @@ async fn bad_signatures_and_bodies_are_refused_and_change_nothing() {
     let app = spawn_app("sqlite", t0()).await;
     let body = package_event("evt_1");
     let good = signature(SECRET, t0(), &body);
-    let cases: Vec<(&str, Vec<u8>, Option<String>, u16, &str)> = vec![
+    // (what, body, signature header, status, error code)
+    type Case<'a> = (&'a str, Vec<u8>, Option<String>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("no header", body.clone().into_bytes(), None, 400, "bad_signature"),
         ("wrong secret", body.clone().into_bytes(), Some(signature("whsec_wrong", t0(), &body)), 400, "bad_signature"),
         (

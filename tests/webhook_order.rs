@@ -148,6 +148,9 @@ async fn every_order_of_the_full_event_set_ends_in_the_same_ledger() {
         let got = run("sqlite", &shuffled(&set, seed)).await;
         assert_eq!(got, expected, "seed {seed}");
     }
+    // Every event delivered twice (and again in another order): one effect each.
+    let twice: Vec<String> = set.iter().chain(shuffled(&set, 7).iter()).cloned().collect();
+    assert_eq!(run("sqlite", &twice).await, expected);
 }
 
 #[tokio::test]

@@ -1,0 +1,205 @@
+//! The Stripe API side, against a local fake of the few endpoints the worker calls: line items of a checkout
+//! without package metadata, a subscription an invoice names, and `stripe backfill`; and the operator
+//! commands `failed list` and `replay`, run as the real binary.
+
+mod common;
+
+use axum::extract::{Path, Query};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use axum::{Json, Router};
+use billing_worker::ledger::Ts;
+use billing_worker::time::{add_months, parse_rfc3339};
+use common::spawn_app_with;
+use common::stripe::{Line, Shape, Sub, checkout, event, invoice, price, subscription};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::process::Command;
+
+const KEY: &str = "sk_test_fake";
+
+fn t0() -> Ts {
+    parse_rfc3339("2026-06-01T00:00:00Z").unwrap()
+}
+
+fn authorized(h: &HeaderMap) -> bool {
+    h.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {KEY}"))
+}
+
+fn the_subscription() -> Value {
+    let s = Sub {
+        id: "sub_api",
+        customer: "cus_api",
+        account: Some("acc_api"),
+        price: price("price_api", Some("business_monthly"), json!({}), Some("month")),
+        anchor: t0(),
+        period: (t0(), add_months(t0(), 1)),
+        status: "active",
+        trial: None,
+        cancel_at_period_end: false,
+        ended_at: None,
+    };
+    subscription(&s, Shape::New)
+}
+
+/// Events "Stripe could not deliver": a package purchase and a subscription with its paid invoice.
+fn undelivered() -> Vec<Value> {
+    let cs = checkout("cs_bf", Some("acc_bf"), None, "pi_bf", json!({"credits_package": "credits_25"}), true);
+    let line = Line { price: "price_api", period: (t0(), add_months(t0(), 1)), proration: false, amount: 4999 };
+    let inv = invoice("in_bf", "sub_api", "cus_api", "subscription_create", &[line], Shape::New);
+    // Newest first, as the Events API lists them.
+    [
+        event("evt_bf3", "invoice.paid", t0() + 2, inv),
+        event("evt_bf2", "customer.subscription.created", t0() + 1, the_subscription()),
+        event("evt_bf1", "checkout.session.completed", t0(), cs),
+    ]
+    .iter()
+    .map(|s| serde_json::from_str(s).unwrap())
+    .collect()
+}
+
+async fn fake_stripe() -> String {
+    let app = Router::new()
+        .route(
+            "/v1/checkout/sessions/{id}/line_items",
+            get(|h: HeaderMap, Path(id): Path<String>| async move {
+                if !authorized(&h) {
+                    return (StatusCode::UNAUTHORIZED, Json(json!({"error": {"message": "bad key"}})));
+                }
+                let p = price("price_pkg500", Some("credits_500"), json!({}), None);
+                let items = if id == "cs_items" { json!([{"price": p, "quantity": 2}]) } else { json!([]) };
+                (StatusCode::OK, Json(json!({"object": "list", "data": items, "has_more": false})))
+            }),
+        )
+        .route(
+            "/v1/subscriptions/{id}",
+            get(|h: HeaderMap, Path(id): Path<String>| async move {
+                if !authorized(&h) || id != "sub_api" {
+                    return (StatusCode::NOT_FOUND, Json(json!({"error": {"message": "no such subscription"}})));
+                }
+                (StatusCode::OK, Json(the_subscription()))
+            }),
+        )
+        .route(
+            "/v1/events",
+            get(|h: HeaderMap, Query(q): Query<HashMap<String, String>>| async move {
+                if !authorized(&h) || q.get("delivery_success").map(String::as_str) != Some("false") {
+                    return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": "unexpected request"}})));
+                }
+                // Two pages of at most two events, to exercise paging.
+                let all = undelivered();
+                let start = match q.get("starting_after") {
+                    Some(after) => all.iter().position(|e| e["id"] == json!(after)).map(|i| i + 1).unwrap_or(all.len()),
+                    None => 0,
+                };
+                let page: Vec<Value> = all.iter().skip(start).take(2).cloned().collect();
+                let has_more = start + page.len() < all.len();
+                (StatusCode::OK, Json(json!({"object": "list", "data": page, "has_more": has_more})))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn checkout_line_items_and_missing_subscriptions_are_fetched_from_the_api() {
+    let base = fake_stripe().await;
+    let app = spawn_app_with("sqlite", t0(), &[("STRIPE_API_KEY", KEY), ("STRIPE_API_BASE", &base)]).await;
+    let cs = checkout("cs_items", Some("acc_li"), None, "pi_li", json!({}), true);
+    let r = app.deliver(&event("evt_li", "checkout.session.completed", t0(), cs)).await;
+    assert_eq!(r["status"], "applied", "{r}");
+    assert_eq!(app.balance("acc_li").await, 1000, "2 x credits_500 from the fetched line items");
+    // An invoice whose subscription event has not come: the subscription is fetched instead of waiting.
+    let line = Line { price: "price_api", period: (t0(), add_months(t0(), 1)), proration: false, amount: 4999 };
+    let inv = invoice("in_api", "sub_api", "cus_api", "subscription_create", &[line], Shape::New);
+    let r = app.deliver(&event("evt_inv", "invoice.paid", t0(), inv)).await;
+    assert_eq!(r["status"], "applied", "{r}");
+    assert_eq!(app.balance("acc_api").await, 150);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_an_api_key_a_checkout_without_package_fails_for_replay() {
+    let app = spawn_app_with("sqlite", t0(), &[]).await;
+    let cs = checkout("cs_items", Some("acc_li"), None, "pi_li", json!({}), true);
+    let r = app.deliver(&event("evt_li", "checkout.session.completed", t0(), cs)).await;
+    assert_eq!(r["status"], "failed");
+    assert!(r["detail"].as_str().unwrap().contains("STRIPE_API_KEY"), "{r}");
+    app.shutdown().await;
+}
+
+fn bin(db: &str, extra: &[(&str, &str)], args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_billing-worker"));
+    cmd.args(args).env_clear().env("DATABASE_URL", db).env("RUST_LOG", "error");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn backfill_applies_undelivered_events_once() {
+    let base: &'static str = Box::leak(fake_stripe().await.into_boxed_str());
+    let db = common::fresh_url("sqlite").await;
+    let env = [("STRIPE_API_KEY", KEY), ("STRIPE_API_BASE", base)];
+    let (ok, out, err) = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || bin(&db, &env, &["stripe", "backfill", "--since", "2026-05-01"])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("3 events from Stripe: 3 applied"), "{out}");
+    assert!(err.contains("backfilled 3/3"), "progress is shown: {err}");
+    let store = billing_worker::store::Store::open(&db).await.unwrap();
+    assert_eq!(store.account("acc_bf", t0() + 10).await.unwrap().balance, 25);
+    assert_eq!(store.account("acc_api", t0() + 10).await.unwrap().balance, 150);
+    let (ok, out, _) = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || bin(&db, &env, &["stripe", "backfill", "--since", "2026-05-01"])
+    })
+    .await
+    .unwrap();
+    assert!(ok && out.contains("3 already_applied"), "{out}");
+    assert_eq!(store.account("acc_api", t0() + 10).await.unwrap().balance, 150);
+    // Without a key the command says what is missing.
+    let (ok, _, err) =
+        tokio::task::spawn_blocking(move || bin(&db, &[], &["stripe", "backfill", "--since", "2026-05-01"]))
+            .await
+            .unwrap();
+    assert!(!ok && err.contains("STRIPE_API_KEY"), "{err}");
+}
+
+#[tokio::test]
+async fn failed_list_and_replay_from_the_command_line() {
+    let app = spawn_app_with("sqlite", t0(), &[]).await;
+    let cs = checkout("cs_x", Some("acc_x"), None, "pi_x", json!({"credits_package": "credits_42"}), true);
+    app.deliver(&event("evt_unknown_pkg", "checkout.session.completed", t0(), cs)).await;
+    let db = app.db_url.clone();
+    let (ok, out, _) = bin(&db, &[], &["failed", "list"]);
+    assert!(ok && out.contains("evt_unknown_pkg") && out.contains("unknown package"), "{out}");
+    let (ok, out, _) = bin(&db, &[], &["replay", "evt_unknown_pkg"]);
+    assert!(ok && out.contains("failed: unknown package"), "still failing without the package: {out}");
+    let dir = std::env::temp_dir().join(format!("bw-cat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let catalog = dir.join("catalog.toml");
+    std::fs::write(&catalog, "[packages.credits_42]\ncredits = 42\n").unwrap();
+    let (ok, out, err) =
+        bin(&db, &[("BILLING_CONFIG", catalog.to_str().unwrap())], &["replay", "--all", "--since", "2026-01-01"]);
+    assert!(ok && out.contains("1 replayed: 1 applied"), "{out}{err}");
+    assert_eq!(app.balance("acc_x").await, 42);
+    let (ok, out, _) = bin(&db, &[], &["replay", "evt_unknown_pkg"]);
+    assert!(ok && out.contains("already_applied"), "{out}");
+    let (ok, out, _) = bin(&db, &[], &["failed", "list"]);
+    assert!(ok && out.contains("no failed or waiting events"), "{out}");
+    let (ok, _, err) = bin(&db, &[], &["replay", "evt_nope"]);
+    assert!(!ok && err.contains("no stored event evt_nope"), "{err}");
+    app.shutdown().await;
+}
