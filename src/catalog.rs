@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 pub const PRIORITIES: [&str; 3] = ["basic", "medium", "high"];
 pub const RESOLUTIONS: [&str; 4] = ["720p", "1080p", "4k", "8k"];
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
     #[serde(default)]
@@ -50,7 +50,7 @@ fn default_priority() -> String {
     "basic".into()
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Package {
     pub credits: i64,
@@ -60,7 +60,7 @@ pub struct Package {
     pub stripe_prices: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Catalog {
     #[serde(default)]
@@ -238,6 +238,20 @@ impl Catalog {
             .iter()
             .find(|(_, p)| p.stripe_prices.iter().any(|s| s == id_or_lookup_key))
             .map(|(n, _)| PriceUse::Package(n.clone()))
+    }
+
+    /// The plan named `name`, or the free plan.
+    pub fn plan_or_free(&self, name: &str) -> &Plan {
+        self.plans.get(name).or_else(|| self.plans.get("free")).expect("validated: the free plan exists")
+    }
+
+    /// Whether a plan may run an operation: image resolutions up to the plan's `max_resolution`.
+    pub fn entitled(&self, plan: &Plan, operation: &str) -> bool {
+        let rank = |r: &str| RESOLUTIONS.iter().position(|x| *x == r);
+        match operation.strip_prefix("image.").and_then(rank) {
+            Some(wanted) => rank(&plan.max_resolution).is_some_and(|max| wanted <= max),
+            None => true,
+        }
     }
 
     /// Credits an operation costs per unit.

@@ -53,6 +53,11 @@ pub enum Command {
         #[arg(long, requires = "all", value_parser = ["stripe", "queue"])]
         source: Option<String>,
     },
+    /// API keys for the HTTP API.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Talk to the Stripe API (needs STRIPE_API_KEY).
     Stripe {
         #[command(subcommand)]
@@ -67,6 +72,21 @@ pub enum FailedCommand {
         #[arg(long, value_parser = ["stripe", "queue"])]
         source: Option<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Make a key and print it alone on stdout (only its hash is stored: it cannot be shown again).
+    Create {
+        #[arg(long, value_parser = ["service", "admin"])]
+        scope: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// List keys (id, name, scope, created, revoked).
+    List,
+    /// Revoke a key by its id.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -146,6 +166,7 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AnyError> {
         Command::Stripe { command: StripeCommand::Backfill { since } } => {
             crate::cli_ops::backfill(&config, since).await
         }
+        Command::Keys { command } => keys(&config, command).await,
         Command::Config { command: ConfigCommand::Check } => {
             println!("# catalog: {}", config.catalog_source);
             println!("# database: {}", redact(&config.database_url));
@@ -195,6 +216,41 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AnyError> {
             Ok(())
         }
     }
+}
+
+async fn keys(config: &Config, command: KeysCommand) -> Result<(), AnyError> {
+    let store = Store::open(&config.database_url).await?;
+    match command {
+        KeysCommand::Create { scope, name } => {
+            let scope = crate::store::Scope::parse(&scope).ok_or("--scope: service or admin")?;
+            if name.trim().is_empty() {
+                return Err("--name must not be empty".into());
+            }
+            let (key, id) = store.create_key(name.trim(), scope, now()).await?;
+            eprintln!("key {id} ({}) created; it is shown once", scope.as_str());
+            println!("{key}");
+        }
+        KeysCommand::List => {
+            for k in store.list_keys().await? {
+                let revoked =
+                    k.revoked_at.map(|t| format!("revoked {}", format_rfc3339(t))).unwrap_or_else(|| "active".into());
+                println!(
+                    "{:<18} {:<8} {:<24} created {}  {revoked}",
+                    k.id,
+                    k.scope.as_str(),
+                    k.name,
+                    format_rfc3339(k.created_at)
+                );
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            if !store.revoke_key(&id, now()).await? {
+                return Err(format!("no key {id}").into());
+            }
+            println!("key {id} revoked");
+        }
+    }
+    Ok(())
 }
 
 /// A URL with its password hidden, for printing.

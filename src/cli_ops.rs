@@ -51,6 +51,23 @@ pub fn intake(config: &Config, store: Store) -> Result<Intake, AnyError> {
     Ok(Intake { store, catalog: Arc::new(config.catalog.clone()), api })
 }
 
+/// Replay one inbox row with the intake (Stripe events) or the commander (queue commands).
+async fn replay_row(config: &Config, store: &Store, id: i64, source: &str) -> Result<Decision, AnyError> {
+    let intake = intake(config, store.clone())?;
+    if source == crate::commands::SOURCE {
+        let commander = crate::commands::Commander {
+            store: store.clone(),
+            catalog: intake.catalog.clone(),
+            intake: intake.clone(),
+            webhook_secrets: config.webhook_secrets.clone(),
+            require_signature: config.queue_require_signature,
+        };
+        let o = commander.replay(id, now()).await?;
+        return Ok(Decision { id, status: o.status, detail: o.detail, duplicate: o.duplicate });
+    }
+    Ok(intake.replay(id, now()).await?)
+}
+
 pub async fn failed_list(config: &Config, source: Option<String>) -> Result<(), AnyError> {
     let store = Store::open(&config.database_url).await?;
     let mut shown = 0;
@@ -96,7 +113,7 @@ fn describe(d: &Decision) -> String {
 pub async fn replay_one(config: &Config, id: &str) -> Result<(), AnyError> {
     let store = Store::open(&config.database_url).await?;
     let row = store.inbox_get(id).await?.ok_or_else(|| format!("no stored event {id}"))?;
-    let d = intake(config, store)?.replay(row.id, now()).await?;
+    let d = replay_row(config, &store, row.id, &row.source).await?;
     println!("{} {}: {}", row.id, row.event_id, describe(&d));
     Ok(())
 }
@@ -112,11 +129,10 @@ pub async fn replay_all(config: &Config, since: Option<Ts>, source: Option<Strin
         );
     }
     rows.sort_by_key(|r| r.id);
-    let intake = intake(config, store)?;
     let mut progress = Progress::new("replayed", rows.len());
     let (mut applied, mut still) = (0, 0);
     for r in &rows {
-        let d = intake.replay(r.id, now()).await?;
+        let d = replay_row(config, &store, r.id, &r.source).await?;
         if d.status == InboxStatus::Applied {
             applied += 1;
         } else {

@@ -23,6 +23,8 @@ pub struct Config {
     pub stripe_api_base: String,
     /// How often the server applies due cycle work for all accounts.
     pub tick_interval_secs: u64,
+    /// Refuse `stripe.event` commands that carry no signature.
+    pub queue_require_signature: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +92,19 @@ impl Config {
             return Err(invalid("STRIPE_API_BASE", format!("expected an http(s) URL, got {stripe_api_base:?}")));
         }
 
+        let queue_require_signature = match get("BILLING_QUEUE_REQUIRE_SIGNATURE").as_deref() {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(other) => {
+                return Err(invalid(
+                    "BILLING_QUEUE_REQUIRE_SIGNATURE",
+                    format!("expected true or false, got {other:?}"),
+                ));
+            }
+        };
+
         Ok(Config {
+            queue_require_signature,
             database_url,
             amqp_url,
             listen,

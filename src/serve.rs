@@ -2,6 +2,7 @@
 //! work and retries events waiting for a fact. Stops on Ctrl-C or SIGTERM, finishing requests in flight.
 
 use crate::clock::Clock;
+use crate::commands::Commander;
 use crate::config::Config;
 use crate::http::{AppState, router};
 use crate::store::Store;
@@ -36,8 +37,23 @@ pub fn state(config: Config, store: Store, clock: Clock) -> Result<AppState, Any
         None => None,
     };
     let catalog = Arc::new(config.catalog.clone());
-    let intake = Intake { store: store.clone(), catalog, api };
-    Ok(AppState { store, intake, config: Arc::new(config), clock })
+    let intake = Intake { store: store.clone(), catalog: catalog.clone(), api };
+    let commander = Commander {
+        store: store.clone(),
+        catalog,
+        intake: intake.clone(),
+        webhook_secrets: config.webhook_secrets.clone(),
+        require_signature: config.queue_require_signature,
+    };
+    Ok(AppState {
+        store,
+        intake,
+        commander,
+        config: Arc::new(config),
+        clock,
+        metrics: crate::metrics::global(),
+        broker: Arc::new(std::sync::atomic::AtomicU8::new(crate::http::BROKER_NONE)),
+    })
 }
 
 /// Open the store, bind `config.listen` (port 0 picks one) and serve until [`Running::shutdown`].

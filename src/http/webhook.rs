@@ -13,6 +13,11 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
+#[utoipa::path(post, path = "/webhooks/stripe",
+    request_body(content = String, description = "the raw Stripe event, signed in the Stripe-Signature header", content_type = "application/json"),
+    params(("Stripe-Signature" = Option<String>, Header)),
+    responses((status = 200, body = Object, description = "stored with its outcome"), (status = 400, body = super::error::ErrorBody),
+        (status = 413, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)))]
 pub async fn stripe(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -35,5 +40,6 @@ pub async fn stripe(
     let env = parse_envelope(&body).map_err(|e| ApiError::BadPayload(e.to_string()))?;
     let payload = std::str::from_utf8(&body).map_err(|_| ApiError::BadPayload("body is not UTF-8".into()))?;
     let d = app.intake.receive(&env, payload, now).await?;
+    app.metrics.webhook(if d.duplicate { "duplicate" } else { d.status.as_str() });
     Ok(Json(json!({"received": env.id, "status": d.status, "detail": d.detail, "duplicate": d.duplicate})))
 }

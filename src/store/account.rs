@@ -97,8 +97,14 @@ impl Store {
             }
         }
         let mut loaded = load(tx, &req.account, row.try_get(0)?, row.try_get::<i64, _>(1)? != 0, &req.op).await?;
+        // Counted when written (a rolled-back transaction may count entries that did not stay; the metric is
+        // an operational signal, the ledger is the record).
+        let m = crate::metrics::global();
         let result = loaded.account.apply(&req.op, now, &req.cause);
         save(tx, &loaded, now).await?;
+        for e in &loaded.account.entries {
+            m.entry(e.kind.as_str(), e.amount);
+        }
         let applied = result?;
         if let Some((key, fp)) = &req.key {
             let response = serde_json::to_string(&applied).expect("serializable");

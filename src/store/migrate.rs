@@ -8,10 +8,12 @@ use super::{Backend, Store, StoreError};
 const SQLITE: &[(i64, &str, &str)] = &[
     (1, "ledger", include_str!("../../migrations/sqlite/0001_ledger.sql")),
     (2, "inbox", include_str!("../../migrations/sqlite/0002_inbox.sql")),
+    (3, "api", include_str!("../../migrations/sqlite/0003_api.sql")),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (1, "ledger", include_str!("../../migrations/postgres/0001_ledger.sql")),
     (2, "inbox", include_str!("../../migrations/postgres/0002_inbox.sql")),
+    (3, "api", include_str!("../../migrations/postgres/0003_api.sql")),
 ];
 
 /// Arbitrary constant naming the migration lock.

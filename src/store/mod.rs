@@ -7,12 +7,16 @@
 
 mod account;
 mod inbox;
+mod keys;
 mod migrate;
 mod read;
+mod usage;
 
 pub use account::{Outcome, Request};
 pub use inbox::{InboxFilter, InboxRow, InboxStatus};
+pub use keys::{KeyInfo, Scope};
 pub use read::{AccountView, EntryRow};
+pub use usage::{GroupBy, UsageRow};
 
 use crate::ledger::RuleError;
 use sqlx::AnyPool;

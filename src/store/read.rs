@@ -135,21 +135,57 @@ impl Store {
         );
         let rows =
             sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account).bind(after).bind(limit).fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(EntryRow {
-                    id: r.try_get(0)?,
-                    at: r.try_get(1)?,
-                    kind: r.try_get(2)?,
-                    amount: r.try_get(3)?,
-                    lot_id: r.try_get(4)?,
-                    balance_after: r.try_get(5)?,
-                    cause: r.try_get(6)?,
-                    user_id: r.try_get(7)?,
-                    operation: r.try_get(8)?,
-                    shortfall: r.try_get(9)?,
-                })
-            })
-            .collect()
+        rows.iter().map(entry_row).collect()
     }
+}
+
+impl Store {
+    /// A hold and its account, by hold id.
+    pub async fn hold(&self, id: &str) -> Result<Option<(String, Hold)>, StoreError> {
+        let row = sqlx::query("SELECT account_id, state FROM holds WHERE id = $1 ORDER BY created_at LIMIT 1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(r) = row else { return Ok(None) };
+        let hold = serde_json::from_str(&r.try_get::<String, _>(1)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(Some((r.try_get(0)?, hold)))
+    }
+
+    /// A page of entries with id above `after`, `since <= at < until`, oldest first.
+    pub async fn entries_page(
+        &self,
+        account: &str,
+        after: i64,
+        since: Ts,
+        until: Ts,
+        limit: i64,
+    ) -> Result<Vec<EntryRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, kind, amount, lot_id, balance_after, cause, user_id, operation, shortfall FROM entries \
+             WHERE account_id = $1 AND id > $2 AND at >= $3 AND at < $4 ORDER BY id LIMIT $5",
+        )
+        .bind(account)
+        .bind(after)
+        .bind(since)
+        .bind(until)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(entry_row).collect()
+    }
+}
+
+fn entry_row(r: &sqlx::any::AnyRow) -> Result<EntryRow, StoreError> {
+    Ok(EntryRow {
+        id: r.try_get(0)?,
+        at: r.try_get(1)?,
+        kind: r.try_get(2)?,
+        amount: r.try_get(3)?,
+        lot_id: r.try_get(4)?,
+        balance_after: r.try_get(5)?,
+        cause: r.try_get(6)?,
+        user_id: r.try_get(7)?,
+        operation: r.try_get(8)?,
+        shortfall: r.try_get(9)?,
+    })
 }

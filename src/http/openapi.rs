@@ -1,0 +1,52 @@
+//! The OpenAPI document at `GET /openapi.json`, generated from the handlers' annotations.
+
+use super::{accounts, admin, health, spend, webhook};
+use utoipa::Modify;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "billing-worker", description = "Prepaid credit ledger: balances, debits, holds, usage, operators' calls."),
+    paths(
+        accounts::balance,
+        accounts::entitlements,
+        accounts::ledger,
+        accounts::usage,
+        accounts::add_member,
+        accounts::remove_member,
+        spend::quote,
+        spend::debit,
+        spend::hold,
+        spend::capture,
+        spend::release,
+        admin::catalog,
+        admin::adjust,
+        admin::failed,
+        admin::replay,
+        admin::command,
+        webhook::stripe,
+        health::healthz,
+        health::readyz,
+        health::metrics,
+        health::openapi,
+    ),
+    modifiers(&Bearer)
+)]
+pub struct ApiDoc;
+
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}

@@ -1,0 +1,117 @@
+//! API keys. A key is `bwk_<id>_<secret>`; the id finds the row, and the secret is checked against its stored
+//! SHA-256 in constant time. Only the hash is kept, so a leaked database leaks no usable key.
+
+use super::{Store, StoreError};
+use crate::time::Ts;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Service,
+    Admin,
+}
+
+impl Scope {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "service" => Some(Scope::Service),
+            "admin" => Some(Scope::Admin),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Service => "service",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyInfo {
+    pub id: String,
+    pub name: String,
+    pub scope: Scope,
+    pub created_at: Ts,
+    pub revoked_at: Option<Ts>,
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::getrandom(&mut buf).expect("the OS random source");
+    hex::encode(buf)
+}
+
+fn hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+impl Store {
+    /// Make a key; returns the key itself (shown once) and its id.
+    pub async fn create_key(&self, name: &str, scope: Scope, now: Ts) -> Result<(String, String), StoreError> {
+        let id = random_hex(8);
+        let secret = random_hex(24);
+        sqlx::query("INSERT INTO api_keys (id, name, scope, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(&id)
+            .bind(name)
+            .bind(scope.as_str())
+            .bind(hash(&secret))
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok((format!("bwk_{id}_{secret}"), id))
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<KeyInfo>, StoreError> {
+        let rows = sqlx::query("SELECT id, name, scope, created_at, revoked_at FROM api_keys ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let scope: String = r.try_get(2)?;
+                Ok(KeyInfo {
+                    id: r.try_get(0)?,
+                    name: r.try_get(1)?,
+                    scope: Scope::parse(&scope).ok_or_else(|| StoreError::Corrupt(format!("key scope {scope}")))?,
+                    created_at: r.try_get(3)?,
+                    revoked_at: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Revoke a key by id; false when there is no such key.
+    pub async fn revoke_key(&self, id: &str, now: Ts) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// The scope of a presented key, if it is known and not revoked.
+    pub async fn authenticate(&self, key: &str) -> Result<Option<Scope>, StoreError> {
+        let Some((id, secret)) = key.strip_prefix("bwk_").and_then(|k| k.split_once('_')) else {
+            return Ok(None);
+        };
+        let row = sqlx::query("SELECT scope, secret_hash, revoked_at FROM api_keys WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let stored: String = row.try_get(1)?;
+        let revoked: Option<Ts> = row.try_get(2)?;
+        // Constant time over the hashes, so the comparison leaks nothing about the secret.
+        let given = hash(secret);
+        let equal = stored.len() == given.len()
+            && stored.bytes().zip(given.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if !equal || revoked.is_some() {
+            return Ok(None);
+        }
+        Ok(Scope::parse(&row.try_get::<String, _>(0)?))
+    }
+}
