@@ -45,7 +45,7 @@ pub async fn adjust(
         account,
         op: Op::Adjust { key: a.idempotency_key.clone(), credits: a.credits },
         cause: format!("adjustment:{} ({})", a.idempotency_key, a.reason),
-        key: Some((format!("adjust:{}", a.idempotency_key), format!("{}\0{}", a.credits, a.reason))),
+        key: Some((format!("adjust:{}", a.idempotency_key), serde_json::json!([a.credits, a.reason]).to_string())),
         create: false,
         now: app.clock.now(),
     };

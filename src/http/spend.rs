@@ -75,7 +75,7 @@ pub async fn debit(
     non_empty("user_id", &d.user_id)?;
     let (quantity, credits) = price(&app, &d.operation, d.quantity)?;
     check_entitled(&app, &account, &d.operation).await?;
-    let fingerprint = format!("debit\0{}\0{quantity}\0{}", d.operation, d.user_id);
+    let fingerprint = serde_json::json!(["debit", d.operation, quantity, d.user_id]).to_string();
     let op = Op::Debit {
         key: d.idempotency_key.clone(),
         credits,
@@ -141,7 +141,7 @@ pub async fn hold(
         user_id: Some(h.user_id.clone()),
         operation: Some(h.operation.clone()),
     };
-    let fingerprint = format!("hold\0{}\0{quantity}\0{}\0{ttl}", h.operation, h.user_id);
+    let fingerprint = serde_json::json!(["hold", h.operation, quantity, h.user_id, ttl]).to_string();
     let req = Request {
         account: account.clone(),
         op,

@@ -155,3 +155,49 @@ impl TestApp {
         }
     }
 }
+
+impl TestApp {
+    /// A fresh API key of `scope` ("service" or "admin").
+    pub async fn key(&self, scope: &str) -> String {
+        let scope = billing_worker::store::Scope::parse(scope).unwrap();
+        self.store.create_key("test", scope, self.clock.now()).await.unwrap().0
+    }
+
+    /// Call the API; returns the status and the JSON body (Null when not JSON).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Create an account through the command API (free plan, 5 signup credits).
+    pub async fn account(&self, admin: &str, account: &str) {
+        let cmd =
+            serde_json::json!({"type": "account.created", "id": format!("create-{account}"), "account_id": account});
+        let (s, b) = self.call("POST", "/v1/commands", Some(admin), Some(cmd)).await;
+        assert_eq!(s, 200, "{b}");
+    }
+
+    /// Give an account `credits` through an admin adjustment.
+    pub async fn grant(&self, admin: &str, account: &str, credits: i64) {
+        let body = serde_json::json!({"credits": credits, "reason": "test", "idempotency_key": format!("grant-{account}-{credits}-{}", self.clock.now())});
+        let (s, b) =
+            self.call("POST", &format!("/v1/admin/accounts/{account}/adjustments"), Some(admin), Some(body)).await;
+        assert_eq!(s, 201, "{b}");
+    }
+}
