@@ -435,10 +435,9 @@ async fn the_openapi_document_lists_every_route_and_every_route_is_served() {
         let (_, body) = app.call(&method.to_uppercase(), &concrete, Some(&svc), None).await;
         assert_ne!(body["error"]["message"], "no such route", "{method} {path} is served");
     }
-    let (s, metrics) = (app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().status(), ());
-    assert_eq!(s, 200);
-    let _ = metrics;
-    let text = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    let resp = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
     assert!(
         text.contains("billing_http_requests_total{route=\"/openapi.json\",method=\"GET\",status=\"200\"}"),
         "{text}"
