@@ -7,6 +7,9 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Bound on any credit amount in the catalog, so products of amounts and quantities cannot overflow.
+pub const MAX_CREDITS: i64 = 1_000_000_000;
+
 pub const PRIORITIES: [&str; 3] = ["basic", "medium", "high"];
 pub const RESOLUTIONS: [&str; 4] = ["720p", "1080p", "4k", "8k"];
 
@@ -181,11 +184,11 @@ impl Catalog {
         let mut seen: BTreeMap<&str, String> = BTreeMap::new();
         for (name, p) in &self.plans {
             let k = |f: &str| format!("plans.{name}.{f}");
-            if p.monthly_credits < 0 {
-                return err(k("monthly_credits"), "must be 0 or more");
+            if !(0..=MAX_CREDITS).contains(&p.monthly_credits) {
+                return err(k("monthly_credits"), "must be between 0 and 1000000000");
             }
-            if p.rollover_cap < 0 {
-                return err(k("rollover_cap"), "must be 0 or more");
+            if !(0..=MAX_CREDITS).contains(&p.rollover_cap) {
+                return err(k("rollover_cap"), "must be between 0 and 1000000000");
             }
             if p.signup_credits < 0 {
                 return err(k("signup_credits"), "must be 0 or more");
@@ -209,8 +212,8 @@ impl Catalog {
             }
         }
         for (name, p) in &self.packages {
-            if p.credits <= 0 {
-                return err(format!("packages.{name}.credits"), "must be 1 or more");
+            if !(1..=MAX_CREDITS).contains(&p.credits) {
+                return err(format!("packages.{name}.credits"), "must be between 1 and 1000000000");
             }
             for price in &p.stripe_prices {
                 if let Some(other) = seen.insert(price, format!("packages.{name}")) {
@@ -222,8 +225,8 @@ impl Catalog {
             }
         }
         for (op, cost) in &self.costs {
-            if *cost <= 0 {
-                return err(format!("costs.\"{op}\""), "must be 1 or more");
+            if !(1..=1_000_000).contains(cost) {
+                return err(format!("costs.\"{op}\""), "must be between 1 and 1000000");
             }
         }
         Ok(())

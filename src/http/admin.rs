@@ -30,7 +30,7 @@ pub async fn adjust(
     Path(account): Path<String>,
     Body(a): Body<AdjustmentRequest>,
 ) -> Result<(StatusCode, Json<Adjustment>), ApiError> {
-    if a.credits == 0 || a.credits.abs() > 1_000_000_000 {
+    if a.credits == 0 || !(-1_000_000_000..=1_000_000_000).contains(&a.credits) {
         return Err(ApiError::BadRequest(format!(
             "credits must be non-zero and at most 1000000000 either way, got {}",
             a.credits

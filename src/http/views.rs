@@ -36,6 +36,7 @@ pub struct Balance {
 pub struct QuoteRequest {
     pub operation: String,
     /// Default 1.
+    #[schema(minimum = 1, maximum = 10000)]
     pub quantity: Option<i64>,
 }
 
@@ -50,9 +51,12 @@ pub struct Quote {
 pub struct DebitRequest {
     pub operation: String,
     /// Default 1.
+    #[schema(minimum = 1, maximum = 10000)]
     pub quantity: Option<i64>,
+    #[schema(min_length = 1, max_length = 256)]
     pub user_id: String,
     /// Required: a repeat with the same key gets the first answer; with another body, 409.
+    #[schema(min_length = 1, max_length = 256)]
     pub idempotency_key: String,
 }
 
@@ -66,11 +70,15 @@ pub struct Debit {
 #[derive(Deserialize, ToSchema)]
 pub struct HoldRequest {
     pub operation: String,
+    #[schema(minimum = 1, maximum = 10000)]
     pub quantity: Option<i64>,
+    #[schema(min_length = 1, max_length = 256)]
     pub user_id: String,
     /// Optional: a repeat with the same key returns the same hold.
+    #[schema(min_length = 1, max_length = 256)]
     pub idempotency_key: Option<String>,
     /// Seconds until an uncaptured hold is released by itself; default 900, at most 86400.
+    #[schema(minimum = 1, maximum = 86400)]
     pub ttl_secs: Option<i64>,
 }
 
@@ -88,6 +96,7 @@ pub struct HoldView {
 #[derive(Deserialize, ToSchema, Default)]
 pub struct CaptureRequest {
     /// Credits to spend, at most the amount held; default: all of it.
+    #[schema(minimum = 0)]
     pub credits: Option<i64>,
 }
 
@@ -138,6 +147,7 @@ pub struct Entitlements {
 
 #[derive(Deserialize, ToSchema)]
 pub struct MemberRequest {
+    #[schema(min_length = 1, max_length = 256)]
     pub user_id: String,
 }
 
@@ -150,9 +160,12 @@ pub struct Members {
 
 #[derive(Deserialize, ToSchema)]
 pub struct AdjustmentRequest {
-    /// Grant (> 0) or removal (< 0, never below zero).
+    /// Grant (> 0) or removal (< 0, never below zero); not 0.
+    #[schema(minimum = -1000000000, maximum = 1000000000)]
     pub credits: i64,
+    #[schema(min_length = 1, max_length = 256)]
     pub reason: String,
+    #[schema(min_length = 1, max_length = 256)]
     pub idempotency_key: String,
 }
 

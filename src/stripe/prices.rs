@@ -2,7 +2,7 @@
 //! catalog (price id or lookup key) or by the price's (or its product's) own metadata.
 
 use super::event::Price;
-use crate::catalog::{Catalog, PriceUse};
+use crate::catalog::{Catalog, MAX_CREDITS, PriceUse};
 use crate::ledger::PlanTerms;
 
 /// The plan terms a subscription price stands for.
@@ -12,8 +12,12 @@ pub fn plan_terms(catalog: &Catalog, price: &Price) -> Option<PlanTerms> {
         PriceUse::Package(_) => None,
     });
     let plan = named.or_else(|| price.meta("credits_plan"));
-    let monthly = price.meta("credits_monthly").and_then(|v| v.parse::<i64>().ok()).filter(|v| *v >= 0);
-    let cap = price.meta("credits_rollover_cap").and_then(|v| v.parse::<i64>().ok()).filter(|v| *v >= 0);
+    let monthly =
+        price.meta("credits_monthly").and_then(|v| v.parse::<i64>().ok()).filter(|v| (0..=MAX_CREDITS).contains(v));
+    let cap = price
+        .meta("credits_rollover_cap")
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|v| (0..=MAX_CREDITS).contains(v));
     match (plan, monthly) {
         // Enterprise (or any price with its own numbers): the price's metadata sets the allocation.
         (plan, Some(monthly)) => {
