@@ -58,6 +58,11 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The parking queue of commands that could not apply (needs AMQP_URL).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Talk to the Stripe API (needs STRIPE_API_KEY).
     Stripe {
         #[command(subcommand)]
@@ -87,6 +92,16 @@ pub enum KeysCommand {
     List,
     /// Revoke a key by its id.
     Revoke { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DlqCommand {
+    /// Move parked messages back to the command queue, with progress.
+    Requeue {
+        /// At most this many; default all.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -152,7 +167,7 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AnyError> {
             Ok(())
         }
         Command::Tick => {
-            let store = Store::open(&config.database_url).await?;
+            let store = crate::cli::open_store(&config).await?;
             let n = store.tick(now()).await?;
             println!("due work applied to {n} account(s)");
             Ok(())
@@ -167,6 +182,21 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AnyError> {
             crate::cli_ops::backfill(&config, since).await
         }
         Command::Keys { command } => keys(&config, command).await,
+        Command::Dlq { command: DlqCommand::Requeue { limit } } => {
+            let url = config.amqp_url.as_deref().ok_or("AMQP_URL: required for dlq requeue")?;
+            let names = crate::queue::Names::new(&config.amqp_prefix, &config.retry_delays_ms);
+            let mut progress: Option<crate::cli_ops::Progress> = None;
+            let n = crate::queue::dlq::requeue(url, &names, limit, |done, total| {
+                progress.get_or_insert_with(|| crate::cli_ops::Progress::new("requeued", total as usize)).step();
+                let _ = done;
+            })
+            .await?;
+            if let Some(p) = progress {
+                p.finish();
+            }
+            println!("{n} message(s) moved from {} to {}", names.dead, names.commands);
+            Ok(())
+        }
         Command::Config { command: ConfigCommand::Check } => {
             println!("# catalog: {}", config.catalog_source);
             println!("# database: {}", redact(&config.database_url));
@@ -176,7 +206,7 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AnyError> {
             Ok(())
         }
         Command::Accounts { command: AccountsCommand::Show { account, entries } } => {
-            let store = Store::open(&config.database_url).await?;
+            let store = crate::cli::open_store(&config).await?;
             let v = store.account(&account, now()).await?;
             println!("account  {}", v.account);
             println!("plan     {}", v.plan);
@@ -219,7 +249,7 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AnyError> {
 }
 
 async fn keys(config: &Config, command: KeysCommand) -> Result<(), AnyError> {
-    let store = Store::open(&config.database_url).await?;
+    let store = crate::cli::open_store(&config).await?;
     match command {
         KeysCommand::Create { scope, name } => {
             let scope = crate::store::Scope::parse(&scope).ok_or("--scope: service or admin")?;
@@ -265,4 +295,12 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// The store as the configuration wants it (migrated, low-balance threshold, lock timeout).
+pub async fn open_store(config: &Config) -> Result<Store, crate::store::StoreError> {
+    Ok(Store::open(&config.database_url)
+        .await?
+        .with_low_balance(config.balance_low)
+        .with_lock_timeout(config.lock_timeout_ms))
 }

@@ -69,7 +69,7 @@ async fn replay_row(config: &Config, store: &Store, id: i64, source: &str) -> Re
 }
 
 pub async fn failed_list(config: &Config, source: Option<String>) -> Result<(), AnyError> {
-    let store = Store::open(&config.database_url).await?;
+    let store = crate::cli::open_store(config).await?;
     let mut shown = 0;
     for status in [InboxStatus::Failed, InboxStatus::Waiting] {
         let rows = store
@@ -111,7 +111,7 @@ fn describe(d: &Decision) -> String {
 }
 
 pub async fn replay_one(config: &Config, id: &str) -> Result<(), AnyError> {
-    let store = Store::open(&config.database_url).await?;
+    let store = crate::cli::open_store(config).await?;
     let row = store.inbox_get(id).await?.ok_or_else(|| format!("no stored event {id}"))?;
     let d = replay_row(config, &store, row.id, &row.source).await?;
     println!("{} {}: {}", row.id, row.event_id, describe(&d));
@@ -119,7 +119,7 @@ pub async fn replay_one(config: &Config, id: &str) -> Result<(), AnyError> {
 }
 
 pub async fn replay_all(config: &Config, since: Option<Ts>, source: Option<String>) -> Result<(), AnyError> {
-    let store = Store::open(&config.database_url).await?;
+    let store = crate::cli::open_store(config).await?;
     let mut rows = Vec::new();
     for status in [InboxStatus::Failed, InboxStatus::Waiting] {
         rows.extend(
@@ -149,7 +149,7 @@ pub async fn replay_all(config: &Config, since: Option<Ts>, source: Option<Strin
 pub async fn backfill(config: &Config, since: Ts) -> Result<(), AnyError> {
     let key = config.stripe_api_key.as_deref().ok_or("STRIPE_API_KEY: required for stripe backfill")?;
     let api = StripeApi::new(&config.stripe_api_base, key)?;
-    let store = Store::open(&config.database_url).await?;
+    let store = crate::cli::open_store(config).await?;
     let intake = intake(config, store)?;
     let mut events = Vec::new();
     let mut after: Option<String> = None;

@@ -304,6 +304,11 @@ impl Commander {
         }
     }
 
+    /// Count a command's outcome in the metrics.
+    pub fn store_metrics(&self, o: &Outcome) {
+        crate::metrics::global().command(if o.duplicate { "duplicate" } else { o.status.as_str() });
+    }
+
     /// Store a command that will not apply (malformed, unknown type, refused) as a failed event.
     pub async fn keep_failed(
         &self,
@@ -318,6 +323,10 @@ impl Commander {
             .store
             .inbox_insert(&mut tx, SOURCE, id, kind, raw, now, InboxStatus::Failed, Some(reason), now)
             .await?;
+        if inserted.is_some() {
+            let data = serde_json::json!({"source": SOURCE, "event_id": id, "event_type": kind, "error": reason});
+            self.store.outbox_insert(&mut tx, "event.failed", None, data, now).await?;
+        }
         tx.commit().await?;
         tracing::warn!(command_id = id, reason, "command failed; kept for replay");
         Ok(Outcome {

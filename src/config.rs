@@ -25,6 +25,15 @@ pub struct Config {
     pub tick_interval_secs: u64,
     /// Refuse `stripe.event` commands that carry no signature.
     pub queue_require_signature: bool,
+    /// Prefix of the queue and exchange names (`billing` gives `billing.commands`, `billing.events`).
+    pub amqp_prefix: String,
+    pub amqp_prefetch: u16,
+    /// Delays of the retry queues, shortest first; a transient failure past the last one is parked.
+    pub retry_delays_ms: Vec<u64>,
+    /// `balance.low` is published when a balance falls under this.
+    pub balance_low: i64,
+    /// How long a change waits for a locked account before it fails as transient (PostgreSQL).
+    pub lock_timeout_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +112,43 @@ impl Config {
             }
         };
 
+        let amqp_prefix = get("BILLING_AMQP_PREFIX").unwrap_or_else(|| "billing".into());
+        if !amqp_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) || amqp_prefix.len() > 100 {
+            return Err(invalid(
+                "BILLING_AMQP_PREFIX",
+                format!("letters, digits, '.', '_' and '-' only, got {amqp_prefix:?}"),
+            ));
+        }
+        let amqp_prefetch = parse_u64(get("BILLING_AMQP_PREFETCH"), "BILLING_AMQP_PREFETCH", 16)?;
+        if !(1..=1000).contains(&amqp_prefetch) {
+            return Err(invalid("BILLING_AMQP_PREFETCH", "must be between 1 and 1000"));
+        }
+        let retry_delays_ms = match get("BILLING_RETRY_DELAYS_MS") {
+            None => vec![1_000, 10_000, 60_000, 600_000],
+            Some(list) => list
+                .split(',')
+                .map(|p| p.trim().parse::<u64>().ok().filter(|d| (1..=86_400_000).contains(d)))
+                .collect::<Option<Vec<u64>>>()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| {
+                    invalid(
+                        "BILLING_RETRY_DELAYS_MS",
+                        format!("expected comma-separated milliseconds such as 1000,10000, got {list:?}"),
+                    )
+                })?,
+        };
+        let balance_low = parse_u64(get("BILLING_BALANCE_LOW"), "BILLING_BALANCE_LOW", 10)? as i64;
+        let lock_timeout_ms = parse_u64(get("BILLING_LOCK_TIMEOUT_MS"), "BILLING_LOCK_TIMEOUT_MS", 5_000)?;
+        if lock_timeout_ms == 0 {
+            return Err(invalid("BILLING_LOCK_TIMEOUT_MS", "must be 1 or more"));
+        }
+
         Ok(Config {
+            amqp_prefix,
+            amqp_prefetch: amqp_prefetch as u16,
+            retry_delays_ms,
+            balance_low,
+            lock_timeout_ms,
             queue_require_signature,
             database_url,
             amqp_url,
@@ -122,7 +167,7 @@ impl Config {
 fn parse_u64(v: Option<String>, var: &'static str, default: u64) -> Result<u64, ConfigError> {
     match v {
         None => Ok(default),
-        Some(s) => s.parse().map_err(|_| invalid(var, format!("expected a whole number of seconds, got {s:?}"))),
+        Some(s) => s.parse().map_err(|_| invalid(var, format!("expected a whole number, got {s:?}"))),
     }
 }
 
@@ -161,6 +206,12 @@ mod tests {
             ("STRIPE_WEBHOOK_TOLERANCE_SECS", "-5"),
             ("STRIPE_API_BASE", "ftp://x"),
             ("BILLING_TICK_SECS", "0"),
+            ("BILLING_AMQP_PREFIX", "bad prefix"),
+            ("BILLING_AMQP_PREFETCH", "0"),
+            ("BILLING_RETRY_DELAYS_MS", "1000,soon"),
+            ("BILLING_BALANCE_LOW", "-1"),
+            ("BILLING_LOCK_TIMEOUT_MS", "0"),
+            ("BILLING_QUEUE_REQUIRE_SIGNATURE", "maybe"),
             ("BILLING_CONFIG", "/nonexistent/catalog.toml"),
         ] {
             let e = cfg(&[(var, val)]).unwrap_err().to_string();

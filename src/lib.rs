@@ -12,6 +12,7 @@ pub mod config;
 pub mod http;
 pub mod ledger;
 pub mod metrics;
+pub mod queue;
 pub mod serve;
 pub mod store;
 pub mod stripe;

@@ -5,6 +5,7 @@ use crate::clock::Clock;
 use crate::commands::Commander;
 use crate::config::Config;
 use crate::http::{AppState, router};
+use crate::queue::{Broker, Names};
 use crate::store::Store;
 use crate::stripe::Intake;
 use crate::stripe::api::StripeApi;
@@ -19,6 +20,8 @@ type AnyError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Running {
     pub addr: SocketAddr,
     pub state: AppState,
+    /// The broker side, when configured (tests reach its fault hook through it).
+    pub broker: Option<Broker>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), std::io::Error>>,
 }
@@ -58,13 +61,20 @@ pub fn state(config: Config, store: Store, clock: Clock) -> Result<AppState, Any
 
 /// Open the store, bind `config.listen` (port 0 picks one) and serve until [`Running::shutdown`].
 pub async fn start(config: Config, clock: Clock) -> Result<Running, AnyError> {
-    let store = Store::open(&config.database_url).await?;
+    let store = Store::open(&config.database_url)
+        .await?
+        .with_low_balance(config.balance_low)
+        .with_lock_timeout(config.lock_timeout_ms);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let tick_every = Duration::from_secs(config.tick_interval_secs);
     let state = state(config, store, clock)?;
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(background(state.clone(), tick_every, stopped.clone()));
+    let broker = broker(&state);
+    if let Some(b) = broker.clone() {
+        tokio::spawn(b.run(stopped.clone()));
+    }
     let app = router(state.clone());
     let mut stopped_http = stopped;
     let task = tokio::spawn(async move {
@@ -75,7 +85,22 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, AnyError> {
             .await
     });
     tracing::info!(%addr, "listening");
-    Ok(Running { addr, state, stop, task })
+    Ok(Running { addr, state, stop, task, broker })
+}
+
+/// The RabbitMQ side, when `AMQP_URL` is set.
+fn broker(state: &AppState) -> Option<Broker> {
+    let url = state.config.amqp_url.clone()?;
+    state.broker.store(crate::http::BROKER_DOWN, std::sync::atomic::Ordering::Relaxed);
+    Some(Broker {
+        url,
+        names: Names::new(&state.config.amqp_prefix, &state.config.retry_delays_ms),
+        prefetch: state.config.amqp_prefetch,
+        commander: state.commander.clone(),
+        clock: state.clock.clone(),
+        state: state.broker.clone(),
+        crash_before_ack: Default::default(),
+    })
 }
 
 async fn background(state: AppState, every: Duration, mut stopped: watch::Receiver<bool>) {

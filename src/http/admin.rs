@@ -154,3 +154,46 @@ pub async fn command(_: Admin, State(app): State<AppState>, body: Bytes) -> Resu
         balance: o.balance,
     }))
 }
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct EventsQuery {
+    /// The cursor of the last event seen; default: from the start.
+    pub after: Option<String>,
+    /// 1 to 1000, default 100.
+    pub limit: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/v1/events", security(("bearer" = [])), params(EventsQuery),
+    responses((status = 200, body = EventsPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn events(
+    _: Service,
+    State(app): State<AppState>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<EventsPage>, ApiError> {
+    let after = match q.after.as_deref() {
+        None => 0,
+        Some(c) => c
+            .parse::<i64>()
+            .ok()
+            .filter(|c| *c >= 0)
+            .ok_or_else(|| ApiError::BadRequest(format!("after {c:?} is not a cursor this API gave")))?,
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest(format!("limit must be between 1 and 1000, got {limit}")));
+    }
+    let rows = app.store.outbox_page(after, limit).await?;
+    let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id.to_string())).flatten();
+    let events = rows
+        .into_iter()
+        .map(|r| OutEvent {
+            cursor: r.id,
+            id: r.event_id,
+            kind: r.kind,
+            account: r.account_id,
+            published: r.published_at.is_some(),
+            event: serde_json::from_str(&r.payload).unwrap_or(serde_json::Value::Null),
+        })
+        .collect();
+    Ok(Json(EventsPage { events, next_cursor }))
+}

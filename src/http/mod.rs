@@ -47,6 +47,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/admin/failed-events"),
     ("post", "/v1/admin/failed-events/{id}/replay"),
     ("post", "/v1/commands"),
+    ("get", "/v1/events"),
     ("post", "/webhooks/stripe"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -81,7 +82,7 @@ impl AppState {
 
     /// Seconds since the oldest outgoing event not yet published was written (0 when none).
     pub async fn outbox_lag(&self) -> f64 {
-        0.0
+        self.store.outbox_lag(self.clock.now()).await.unwrap_or(0) as f64
     }
 }
 
@@ -103,6 +104,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/failed-events", get(admin::failed))
         .route("/v1/admin/failed-events/{id}/replay", post(admin::replay))
         .route("/v1/commands", post(admin::command))
+        .route("/v1/events", get(admin::events))
         .route("/webhooks/stripe", post(webhook::stripe))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

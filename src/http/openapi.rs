@@ -25,6 +25,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         admin::failed,
         admin::replay,
         admin::command,
+        admin::events,
         webhook::stripe,
         health::healthz,
         health::readyz,

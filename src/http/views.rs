@@ -214,3 +214,23 @@ pub struct CommandResult {
     pub credits: Option<i64>,
     pub balance: Option<i64>,
 }
+
+#[derive(Serialize, ToSchema)]
+pub struct OutEvent {
+    /// The outbox position: pass the last one as `after` for the next page.
+    pub cursor: i64,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub account: Option<String>,
+    pub published: bool,
+    /// The event as published: `{id, type, account, at, ...}`.
+    #[schema(value_type = Object)]
+    pub event: serde_json::Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventsPage {
+    pub events: Vec<OutEvent>,
+    pub next_cursor: Option<String>,
+}

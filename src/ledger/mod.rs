@@ -6,6 +6,7 @@
 //! the time of the call, and writes back what changed plus the [`Entry`]s produced, in one transaction.
 
 mod cycle;
+pub mod events;
 mod holds;
 mod lots;
 mod members;

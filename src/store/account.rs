@@ -105,6 +105,24 @@ impl Store {
         for e in &loaded.account.entries {
             m.entry(e.kind.as_str(), e.amount);
         }
+        // Outgoing events, in the same transaction as the change.
+        let before: i64 = row.try_get(0)?;
+        let changed: Vec<&crate::ledger::Subscription> = loaded
+            .account
+            .subscriptions
+            .iter()
+            .filter(|s| match loaded.subs.get(&s.id) {
+                None => true,
+                Some(o) => {
+                    o.terms != s.terms || o.status != s.status || o.ends_at != s.ends_at || o.finished != s.finished
+                }
+            })
+            .collect();
+        for ev in crate::ledger::events::events_of(&loaded.account, before, &changed, self.low_balance) {
+            let mut data = ev.data;
+            data["cause"] = serde_json::Value::String(req.cause.clone());
+            self.outbox_insert(tx, ev.kind, Some(&req.account), data, now).await?;
+        }
         let applied = result?;
         if let Some((key, fp)) = &req.key {
             let response = serde_json::to_string(&applied).expect("serializable");

@@ -9,11 +9,13 @@ const SQLITE: &[(i64, &str, &str)] = &[
     (1, "ledger", include_str!("../../migrations/sqlite/0001_ledger.sql")),
     (2, "inbox", include_str!("../../migrations/sqlite/0002_inbox.sql")),
     (3, "api", include_str!("../../migrations/sqlite/0003_api.sql")),
+    (4, "outbox", include_str!("../../migrations/sqlite/0004_outbox.sql")),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (1, "ledger", include_str!("../../migrations/postgres/0001_ledger.sql")),
     (2, "inbox", include_str!("../../migrations/postgres/0002_inbox.sql")),
     (3, "api", include_str!("../../migrations/postgres/0003_api.sql")),
+    (4, "outbox", include_str!("../../migrations/postgres/0004_outbox.sql")),
 ];
 
 /// Arbitrary constant naming the migration lock.

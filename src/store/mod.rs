@@ -9,12 +9,14 @@ mod account;
 mod inbox;
 mod keys;
 mod migrate;
+mod outbox;
 mod read;
 mod usage;
 
 pub use account::{Outcome, Request};
 pub use inbox::{InboxFilter, InboxRow, InboxStatus};
 pub use keys::{KeyInfo, Scope};
+pub use outbox::{Lease, OutboxRow};
 pub use read::{AccountView, EntryRow};
 pub use usage::{GroupBy, UsageRow};
 
@@ -65,6 +67,10 @@ pub enum StoreError {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// `balance.low` is sent when a balance falls under this.
+    low_balance: i64,
+    /// How long a change waits for a locked account before giving up (a transient failure, retried).
+    lock_timeout_ms: u64,
 }
 
 impl Store {
@@ -90,7 +96,7 @@ impl Store {
             });
         }
         let pool = opts.connect(&url).await?;
-        Ok(Store { pool, backend })
+        Ok(Store { pool, backend, low_balance: 10, lock_timeout_ms: 30_000 })
     }
 
     /// Connect and apply pending migrations.
@@ -98,6 +104,18 @@ impl Store {
         let store = Self::connect(url).await?;
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Send `balance.low` when a balance falls under `n`.
+    pub fn with_low_balance(mut self, n: i64) -> Self {
+        self.low_balance = n;
+        self
+    }
+
+    /// Give up on a locked account after `ms` (PostgreSQL `lock_timeout`).
+    pub fn with_lock_timeout(mut self, ms: u64) -> Self {
+        self.lock_timeout_ms = ms;
+        self
     }
 
     pub fn backend(&self) -> Backend {
@@ -121,7 +139,12 @@ impl Store {
     pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
         Ok(match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                let sql = format!("SET LOCAL lock_timeout = '{}ms'", self.lock_timeout_ms);
+                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await?;
+                tx
+            }
         })
     }
 }

@@ -160,6 +160,9 @@ impl Intake {
         };
         if status == InboxStatus::Failed {
             tracing::warn!(event_id = %env.id, error = detail.as_deref().unwrap_or(""), "event failed; kept for replay");
+            let data =
+                serde_json::json!({"source": SOURCE, "event_id": env.id, "event_type": env.kind, "error": detail});
+            self.store.outbox_insert(&mut tx, "event.failed", None, data, now).await?;
         }
         let again = matches!(attempt, Attempt::Again);
         self.store

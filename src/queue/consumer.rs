@@ -1,0 +1,162 @@
+//! Consuming one command: decide its verdict from the outcome, then settle it, in one place. Ack only after
+//! the effect (or the record of its failure) is committed; a retry or a parking is published with a confirm
+//! before the original is acked, so nothing is dropped.
+
+use super::{Broker, QueueError};
+use crate::commands::{self, Outcome};
+use crate::store::StoreError;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicPublishOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Confirmation};
+use sha2::{Digest, Sha256};
+use std::sync::atomic::Ordering;
+
+/// What happens to a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Applied, a duplicate, or refused for good and kept as a failed event.
+    Ack,
+    /// A transient failure: back through retry queue `n` (0-based), with the count in `x-retry-count`.
+    Retry(usize),
+    /// Cannot apply: to the parking queue with the reason in `x-park-reason`.
+    Park(String),
+}
+
+/// The verdict for an outcome, given how often the message was retried already and how many retry queues
+/// there are.
+pub fn verdict(outcome: &Result<Outcome, Failure>, retried: usize, retry_queues: usize) -> Verdict {
+    match outcome {
+        Ok(_) => Verdict::Ack,
+        Err(Failure::Malformed(reason)) => Verdict::Park(reason.clone()),
+        Err(Failure::Transient(e)) if retried < retry_queues => {
+            tracing::warn!(error = %e, retried, "transient failure; retrying later");
+            Verdict::Retry(retried)
+        }
+        Err(Failure::Transient(e)) => Verdict::Park(format!("gave up after {retried} retries: {e}")),
+    }
+}
+
+#[derive(Debug)]
+pub enum Failure {
+    Malformed(String),
+    Transient(StoreError),
+}
+
+fn retried(props: &BasicProperties) -> usize {
+    let v = props.headers().as_ref().and_then(|h| h.inner().get("x-retry-count").cloned());
+    match v {
+        Some(AMQPValue::LongLongInt(n)) => n.max(0) as usize,
+        Some(AMQPValue::LongInt(n)) => n.max(0) as usize,
+        Some(AMQPValue::ShortShortUInt(n)) => n as usize,
+        _ => 0,
+    }
+}
+
+/// The id a message is known by when it cannot be parsed: its `id` field, its message id, or a hash of it.
+fn message_key(d: &Delivery) -> String {
+    if let Some(id) =
+        serde_json::from_slice::<serde_json::Value>(&d.data).ok().and_then(|v| v.get("id")?.as_str().map(str::to_owned))
+    {
+        return id;
+    }
+    if let Some(id) = d.properties.message_id().as_ref() {
+        return id.as_str().to_owned();
+    }
+    format!("msg_{}", &hex::encode(Sha256::digest(&d.data))[..24])
+}
+
+impl Broker {
+    pub(super) async fn handle(&self, publish: &Channel, d: Delivery) -> Result<(), QueueError> {
+        let now = self.clock.now();
+        let retried = retried(&d.properties);
+        let raw = String::from_utf8_lossy(&d.data).into_owned();
+        let outcome = match commands::parse(&d.data) {
+            Err(e) => Err(Failure::Malformed(e.to_string())),
+            Ok(cmd) => self.commander.apply(&cmd, &raw, now).await.map_err(Failure::Transient),
+        };
+        if let Ok(o) = &outcome {
+            self.commander.store_metrics(o);
+        }
+        let v = verdict(&outcome, retried, self.names.retry.len());
+        if let Verdict::Park(reason) = &v {
+            // Kept as a failed event too, so `failed list` and replay see it.
+            let kind = serde_json::from_slice::<serde_json::Value>(&d.data)
+                .ok()
+                .and_then(|v| v.get("type")?.as_str().map(str::to_owned));
+            self.commander
+                .keep_failed(&message_key(&d), kind.as_deref().unwrap_or("unknown"), &raw, reason, now)
+                .await?;
+        }
+        if v == Verdict::Ack && self.crash_before_ack.swap(false, Ordering::SeqCst) {
+            return Err(QueueError::SimulatedCrash);
+        }
+        self.settle(publish, d, v).await
+    }
+
+    /// The one place a delivery is acked, retried or parked.
+    async fn settle(&self, publish: &Channel, d: Delivery, v: Verdict) -> Result<(), QueueError> {
+        let (queue, header, value) = match &v {
+            Verdict::Ack => {
+                d.ack(BasicAckOptions::default()).await?;
+                return Ok(());
+            }
+            Verdict::Retry(n) => (&self.names.retry[*n].0, "x-retry-count", AMQPValue::LongLongInt(*n as i64 + 1)),
+            Verdict::Park(reason) => {
+                (&self.names.dead, "x-park-reason", AMQPValue::LongString(LongString::from(reason.as_str())))
+            }
+        };
+        let mut headers = d.properties.headers().clone().unwrap_or_default();
+        headers.insert(header.into(), value);
+        let props = d.properties.clone().with_headers(headers).with_delivery_mode(2);
+        let confirm = publish
+            .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &d.data, props)
+            .await?
+            .await?;
+        if !matches!(confirm, Confirmation::Ack(_)) {
+            return Err(QueueError::Nacked);
+        }
+        d.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+}
+
+/// Headers without the retry count and park reason, for a message sent back to the command queue.
+pub fn fresh_headers(h: Option<&FieldTable>) -> FieldTable {
+    let mut out = FieldTable::default();
+    if let Some(h) = h {
+        for (k, v) in h.inner() {
+            if k.as_str() != "x-retry-count" && k.as_str() != "x-park-reason" && k.as_str() != "x-death" {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::InboxStatus;
+
+    fn applied() -> Result<Outcome, Failure> {
+        Ok(Outcome {
+            id: "c".into(),
+            status: InboxStatus::Applied,
+            duplicate: false,
+            detail: None,
+            credits: None,
+            balance: None,
+        })
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(verdict(&applied(), 0, 4), Verdict::Ack);
+        assert_eq!(verdict(&Err(Failure::Malformed("bad".into())), 0, 4), Verdict::Park("bad".into()));
+        let transient = || Err(Failure::Transient(StoreError::Corrupt("db down".into())));
+        assert_eq!(verdict(&transient(), 0, 4), Verdict::Retry(0));
+        assert_eq!(verdict(&transient(), 3, 4), Verdict::Retry(3));
+        assert!(matches!(verdict(&transient(), 4, 4), Verdict::Park(r) if r.starts_with("gave up after 4 retries")));
+    }
+}

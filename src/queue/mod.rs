@@ -1,0 +1,124 @@
+//! RabbitMQ in and out (SPEC §6): commands consumed from the quorum queue with manual acks after commit, retries
+//! with growing delays, parking of what cannot apply; outgoing events published from the outbox with publisher
+//! confirms. A supervisor reconnects with backoff when the broker goes away; `/readyz` shows the state.
+
+pub mod consumer;
+pub mod dlq;
+pub mod publisher;
+pub mod topology;
+
+use crate::clock::Clock;
+use crate::commands::Commander;
+use crate::http::{BROKER_DOWN, BROKER_UP};
+use crate::store::{Lease, StoreError};
+use futures_lite::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+pub use topology::Names;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("broker: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("the broker refused (nacked) a message")]
+    Nacked,
+    #[error("simulated crash between commit and ack (test hook)")]
+    SimulatedCrash,
+    #[error("the broker closed the consumer")]
+    Closed,
+}
+
+#[derive(Clone)]
+pub struct Broker {
+    pub url: String,
+    pub names: Names,
+    pub prefetch: u16,
+    pub commander: Commander,
+    pub clock: Clock,
+    /// Shared with `/readyz`.
+    pub state: Arc<AtomicU8>,
+    /// Test hook: drop the connection once after a commit, before the ack, as a crash would.
+    pub crash_before_ack: Arc<AtomicBool>,
+}
+
+pub async fn connect(url: &str) -> lapin::Result<Connection> {
+    Connection::connect(url, ConnectionProperties::default().with_connection_name("billing-worker".into())).await
+}
+
+impl Broker {
+    /// Run until `stop` turns true, reconnecting with backoff whenever the broker goes away.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            match self.session(&mut stop).await {
+                Ok(()) => return,
+                Err(e) => {
+                    self.state.store(BROKER_DOWN, Ordering::Relaxed);
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker session ended; reconnecting");
+                }
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// One connection's life: declare, consume and publish until an error or `stop`.
+    async fn session(&self, stop: &mut watch::Receiver<bool>) -> Result<(), QueueError> {
+        let conn = connect(&self.url).await?;
+        let consume = conn.create_channel().await?;
+        topology::declare(&consume, &self.names).await?;
+        consume.basic_qos(self.prefetch, BasicQosOptions::default()).await?;
+        let publish = conn.create_channel().await?;
+        publish.confirm_select(ConfirmSelectOptions::default()).await?;
+        let mut deliveries = consume
+            .basic_consume(
+                self.names.commands.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.state.store(BROKER_UP, Ordering::Relaxed);
+        tracing::info!(queue = %self.names.commands, "consuming commands");
+        let mut lease: Option<Lease> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let result = loop {
+            tokio::select! {
+                _ = stop.changed() => break Ok(()),
+                d = deliveries.next() => match d {
+                    Some(Ok(delivery)) => {
+                        if let Err(e) = self.handle(&publish, delivery).await {
+                            break Err(e);
+                        }
+                    }
+                    Some(Err(e)) => break Err(e.into()),
+                    None => break Err(QueueError::Closed),
+                },
+                _ = tick.tick() => {
+                    if let Err(e) = self.publish_outbox(&publish, &mut lease).await {
+                        match e {
+                            QueueError::Store(e) => tracing::warn!(error = %e, "outbox read failed; retrying"),
+                            other => break Err(other),
+                        }
+                    }
+                }
+            }
+        };
+        drop(lease);
+        let _ = conn.close(200, "bye".into()).await;
+        result
+    }
+}
