@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start (installing first, on a fresh Debian machine) the services the test suite talks to:
-# PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth, database `test`).
+# PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth, database `test`) and RabbitMQ on 127.0.0.1:5672
+# (guest/guest).
 # Idempotent: services already running are left alone. Also drops the per-test databases of earlier runs.
 set -euo pipefail
 
@@ -26,7 +27,25 @@ start_postgres() {
   pg_up || { log "PostgreSQL did not come up"; exit 1; }
 }
 
+rabbit_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+
+start_rabbitmq() {
+  if ! command -v rabbitmq-server >/dev/null 2>&1; then
+    log "installing RabbitMQ"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq rabbitmq-server >/dev/null
+  fi
+  if ! rabbit_up; then
+    # The node may be running with its app stopped (a test stops and starts it): start the app, else the node.
+    as_root rabbitmqctl start_app >/dev/null 2>&1 || { log "starting RabbitMQ"; as_root rabbitmq-server -detached; }
+    for _ in $(seq 1 90); do rabbit_up && break; sleep 1; done
+    rabbit_up || { log "RabbitMQ did not come up"; exit 1; }
+  fi
+  as_root rabbitmqctl await_startup >/dev/null 2>&1 || true
+}
+
 start_postgres
+start_rabbitmq
 psql -h 127.0.0.1 -U postgres -d postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 \
   || psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE test"
 # Per-test databases of earlier runs.

@@ -249,7 +249,7 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AnyError> {
 }
 
 async fn keys(config: &Config, command: KeysCommand) -> Result<(), AnyError> {
-    let store = crate::cli::open_store(&config).await?;
+    let store = crate::cli::open_store(config).await?;
     match command {
         KeysCommand::Create { scope, name } => {
             let scope = crate::store::Scope::parse(&scope).ok_or("--scope: service or admin")?;

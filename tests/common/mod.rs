@@ -81,6 +81,8 @@ pub fn client() -> reqwest::Client {
 
 /// A worker serving on 127.0.0.1 (port 0) with a fresh database and a clock the test moves.
 pub struct TestApp {
+    /// The broker side when AMQP_URL was given.
+    pub broker: Option<billing_worker::queue::Broker>,
     pub base: String,
     pub client: reqwest::Client,
     pub clock: Clock,
@@ -108,6 +110,7 @@ pub async fn spawn_app_with(backend: &str, t0: Ts, extra: &[(&str, &str)]) -> Te
     let clock = Clock::manual(t0);
     let running = start(config, clock.clone()).await.unwrap();
     TestApp {
+        broker: running.broker.clone(),
         base: format!("http://{}", running.addr),
         client: client(),
         clock,
