@@ -398,7 +398,7 @@ async fn a_broker_restart_in_the_middle_of_5000_commands_loses_and_repeats_nothi
     }
     let _restart = Restart;
     rabbitmqctl(&["stop_app"]);
-    eventually("/readyz says the broker is down", 20, || async {
+    eventually("/readyz says the broker is down", 60, || async {
         app.call("GET", "/readyz", None, None).await.0 == 503
     })
     .await;

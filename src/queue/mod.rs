@@ -33,6 +33,8 @@ pub enum QueueError {
     SimulatedCrash,
     #[error("the broker closed the consumer")]
     Closed,
+    #[error("the broker did not answer in time")]
+    Timeout,
 }
 
 #[derive(Clone)]
@@ -46,6 +48,17 @@ pub struct Broker {
     pub state: Arc<AtomicU8>,
     /// Test hook: drop the connection once after a commit, before the ack, as a crash would.
     pub crash_before_ack: Arc<AtomicBool>,
+}
+
+/// How long a publisher confirm may take before the connection is taken for lost.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Await a publisher confirm, at most [`CONFIRM_TIMEOUT`].
+pub async fn confirmed(c: lapin::PublisherConfirm) -> Result<lapin::Confirmation, QueueError> {
+    match tokio::time::timeout(CONFIRM_TIMEOUT, c).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(QueueError::Timeout),
+    }
 }
 
 pub async fn connect(url: &str) -> lapin::Result<Connection> {
@@ -108,6 +121,9 @@ impl Broker {
                     None => break Err(QueueError::Closed),
                 },
                 _ = tick.tick() => {
+                    if !conn.status().connected() {
+                        break Err(QueueError::Closed);
+                    }
                     if let Err(e) = self.publish_outbox(&publish, &mut lease).await {
                         match e {
                             QueueError::Store(e) => tracing::warn!(error = %e, "outbox read failed; retrying"),

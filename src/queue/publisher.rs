@@ -42,7 +42,7 @@ impl Broker {
         }
         let mut sent = Vec::with_capacity(confirms.len());
         for (id, c) in confirms {
-            match c.await? {
+            match super::confirmed(c).await? {
                 Confirmation::Ack(_) => sent.push(id),
                 // Stop at the first refusal: what follows is sent again later, after it, in order.
                 _ => break,
