@@ -167,6 +167,10 @@ impl Commander {
             return self.stripe_event(cmd, raw, payload, signature.as_deref(), now).await;
         }
         if let Some(row) = self.store.inbox_find(SOURCE, &cmd.id).await? {
+            if matches!(row.status, InboxStatus::Failed | InboxStatus::Waiting) {
+                // Sent again after it failed (requeued from the parking queue, or posted again): another try.
+                return self.replay(row.id, now).await;
+            }
             return Ok(Outcome {
                 id: cmd.id.clone(),
                 status: row.status,

@@ -139,3 +139,25 @@ async fn bad_commands_are_refused_with_a_reason_and_change_nothing() {
     assert_eq!(r["outcome"], "already_applied");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn unsigned_stripe_events_are_refused_when_signatures_are_required() {
+    let app = common::spawn_app_with("sqlite", t0(), &[("BILLING_QUEUE_REQUIRE_SIGNATURE", "true")]).await;
+    let admin = app.key("admin").await;
+    let payload = event(
+        "evt_u",
+        "checkout.session.completed",
+        t0(),
+        checkout("cs_u", Some("acc"), None, "pi_u", json!({"credits_package": "credits_100"}), true),
+    );
+    let (s, r) = send(&app, &admin, json!({"type": "stripe.event", "id": "s1", "payload": payload})).await;
+    assert_eq!((s, r["error"]["code"].as_str()), (422, Some("command_failed")));
+    assert!(r["error"]["message"].as_str().unwrap().contains("without a signature"));
+    assert!(app.store.account("acc", t0()).await.is_err());
+    let sig = signature(SECRET, t0(), &payload);
+    let (s, r) =
+        send(&app, &admin, json!({"type": "stripe.event", "id": "s2", "payload": payload, "signature": sig})).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("applied")));
+    assert_eq!(app.balance("acc").await, 100);
+    app.shutdown().await;
+}

@@ -97,6 +97,9 @@ pub async fn spawn_app(backend: &str, t0: Ts) -> TestApp {
 
 /// `extra` environment variables override the defaults (a catalog file, the API base, ...).
 pub async fn spawn_app_with(backend: &str, t0: Ts, extra: &[(&str, &str)]) -> TestApp {
+    if std::env::var("BW_TEST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt().with_test_writer().with_max_level(tracing::Level::DEBUG).try_init();
+    }
     let db_url = fresh_url(backend).await;
     let mut vars: HashMap<String, String> = HashMap::new();
     vars.insert("DATABASE_URL".into(), db_url.clone());
