@@ -6,127 +6,15 @@ mod common;
 use billing_worker::ledger::Ts;
 use billing_worker::store::{InboxFilter, InboxStatus};
 use billing_worker::time::parse_rfc3339;
-use common::{TestApp, spawn_app_with};
-use futures_lite::StreamExt;
+use common::amqp::*;
+use lapin::BasicProperties;
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
-
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+use std::time::Duration;
 
 fn t0() -> Ts {
     parse_rfc3339("2026-09-01T00:00:00Z").unwrap()
-}
-
-fn prefix() -> String {
-    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("t{}_{}", std::process::id(), n % 1_000_000_000)
-}
-
-async fn app(backend: &str, prefix: &str) -> TestApp {
-    spawn_app_with(
-        backend,
-        t0(),
-        &[
-            ("AMQP_URL", AMQP),
-            ("BILLING_AMQP_PREFIX", prefix),
-            ("BILLING_RETRY_DELAYS_MS", "300,600"),
-            ("BILLING_LOCK_TIMEOUT_MS", "300"),
-        ],
-    )
-    .await
-}
-
-async fn channel() -> (Connection, Channel) {
-    let conn = Connection::connect(AMQP, ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ is required on 127.0.0.1:5672");
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    (conn, ch)
-}
-
-/// Wait until the worker has declared its queues (its consumer is up).
-async fn ready(app: &TestApp) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while app.call("GET", "/readyz", None, None).await.1["broker"] != "up" {
-        assert!(Instant::now() < deadline, "the worker did not connect to RabbitMQ");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn publish(ch: &Channel, prefix: &str, body: &[u8]) {
-    let c = ch
-        .basic_publish(
-            "".into(),
-            format!("{prefix}.commands").as_str().into(),
-            BasicPublishOptions::default(),
-            body,
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(c.is_ack());
-}
-
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, secs: u64, mut f: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn balance(app: &TestApp, account: &str) -> Option<i64> {
-    app.store.account(account, app.clock.now()).await.ok().map(|v| v.balance)
-}
-
-/// Bind a durable queue to the events exchange and collect (account, event id) in arrival order.
-async fn event_queue(ch: &Channel, p: &str) -> String {
-    let name = format!("{p}.test-events");
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    ch.exchange_declare(
-        format!("{p}.events").as_str().into(),
-        lapin::ExchangeKind::Topic,
-        ExchangeDeclareOptions { durable: true, ..Default::default() },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_declare(name.as_str().into(), QueueDeclareOptions::durable(), args).await.unwrap();
-    ch.queue_bind(
-        name.as_str().into(),
-        format!("{p}.events").as_str().into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    name
-}
-
-async fn drain(queue: &str, seen: &mut Vec<(String, String)>, quiet: Duration) {
-    let (_c, ch) = channel().await;
-    let mut consumer = ch
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions { no_ack: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    while let Ok(Some(Ok(d))) = tokio::time::timeout(quiet, consumer.next()).await {
-        let v: Value = serde_json::from_slice(&d.data).unwrap();
-        seen.push((v["account"].as_str().unwrap_or("").to_owned(), v["id"].as_str().unwrap().to_owned()));
-    }
 }
 
 fn rabbitmqctl(args: &[&str]) {
@@ -138,7 +26,7 @@ fn rabbitmqctl(args: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_in_the_middle_of_5000_commands_loses_and_repeats_nothing() {
     let p = prefix();
-    let app = app("sqlite", &p).await;
+    let app = app("sqlite", &p, t0()).await;
     ready(&app).await;
     let (c, ch) = channel().await;
     let queue = event_queue(&ch, &p).await;

@@ -100,18 +100,8 @@ pub async fn ledger(
     app.store.account(&account, app.clock.now()).await?;
     let since = time_param("since", q.since.as_deref(), i64::MIN)?;
     let until = time_param("until", q.until.as_deref(), i64::MAX)?;
-    let after = match q.cursor.as_deref() {
-        None => 0,
-        Some(c) => c
-            .parse::<i64>()
-            .ok()
-            .filter(|c| *c >= 0)
-            .ok_or_else(|| ApiError::BadRequest(format!("cursor {c:?} is not one this API gave")))?,
-    };
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::BadRequest(format!("limit must be between 1 and 1000, got {limit}")));
-    }
+    let after = super::extract::cursor("cursor", q.cursor.as_deref())?;
+    let limit = super::extract::limit(q.limit)?;
     let rows = app.store.entries_page(&account, after, since, until, limit).await?;
     let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|e| e.id.to_string())).flatten();
     let entries = rows

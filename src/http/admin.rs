@@ -71,14 +71,7 @@ pub async fn failed(
     if let Some(s) = q.source.as_deref().filter(|s| !matches!(*s, "stripe" | "queue")) {
         return Err(ApiError::BadRequest(format!("source must be stripe or queue, got {s:?}")));
     }
-    let after = match q.cursor.as_deref() {
-        None => 0,
-        Some(c) => c
-            .parse::<i64>()
-            .ok()
-            .filter(|c| *c >= 0)
-            .ok_or_else(|| ApiError::BadRequest(format!("cursor {c:?} is not one this API gave")))?,
-    };
+    let after = super::extract::cursor("cursor", q.cursor.as_deref())?;
     const PAGE: usize = 100;
     let mut rows = Vec::new();
     for status in [InboxStatus::Failed, InboxStatus::Waiting] {
@@ -170,18 +163,8 @@ pub async fn events(
     State(app): State<AppState>,
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<EventsPage>, ApiError> {
-    let after = match q.after.as_deref() {
-        None => 0,
-        Some(c) => c
-            .parse::<i64>()
-            .ok()
-            .filter(|c| *c >= 0)
-            .ok_or_else(|| ApiError::BadRequest(format!("after {c:?} is not a cursor this API gave")))?,
-    };
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::BadRequest(format!("limit must be between 1 and 1000, got {limit}")));
-    }
+    let after = super::extract::cursor("after", q.after.as_deref())?;
+    let limit = super::extract::limit(q.limit)?;
     let rows = app.store.outbox_page(after, limit).await?;
     let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id.to_string())).flatten();
     let events = rows

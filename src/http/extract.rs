@@ -61,3 +61,24 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
         }
     }
 }
+
+/// A paging cursor this API gave out (an id, 0 or more); none: from the start.
+pub fn cursor(name: &str, v: Option<&str>) -> Result<i64, ApiError> {
+    match v {
+        None => Ok(0),
+        Some(c) => c
+            .parse::<i64>()
+            .ok()
+            .filter(|c| *c >= 0)
+            .ok_or_else(|| ApiError::BadRequest(format!("{name} {c:?} is not a cursor this API gave"))),
+    }
+}
+
+/// A page size, 1 to 1000, default 100.
+pub fn limit(v: Option<i64>) -> Result<i64, ApiError> {
+    let limit = v.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest(format!("limit must be between 1 and 1000, got {limit}")));
+    }
+    Ok(limit)
+}

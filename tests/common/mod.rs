@@ -64,6 +64,7 @@ macro_rules! on_both_backends {
     };
 }
 
+pub mod amqp;
 pub mod stripe;
 
 use billing_worker::clock::Clock;
