@@ -1,6 +1,6 @@
 //! The Stripe API side, against a local fake of the few endpoints the worker calls: line items of a checkout
 //! without package metadata, a subscription an invoice names, and `stripe backfill`; and the operator
-//! commands `failed list` and `replay`, run as the real binary.
+//! commands (`failed list`, `replay`, `keys`, bad settings), run as the real binary.
 
 mod common;
 
@@ -202,4 +202,37 @@ async fn failed_list_and_replay_from_the_command_line() {
     let (ok, _, err) = bin(&db, &[], &["replay", "evt_nope"]);
     assert!(!ok && err.contains("no stored event evt_nope"), "{err}");
     app.shutdown().await;
+}
+
+#[tokio::test]
+async fn keys_from_the_command_line() {
+    let db = common::fresh_url("sqlite").await;
+    let (ok, key, err) = bin(&db, &[], &["keys", "create", "--scope", "service", "--name", "image-tool"]);
+    assert!(ok, "{err}");
+    let key = key.trim().to_owned();
+    assert!(key.starts_with("bwk_") && !key.contains(char::is_whitespace), "the key alone on stdout: {key:?}");
+    let store = billing_worker::store::Store::open(&db).await.unwrap();
+    assert_eq!(store.authenticate(&key).await.unwrap(), Some(billing_worker::store::Scope::Service));
+    let (ok, list, _) = bin(&db, &[], &["keys", "list"]);
+    assert!(ok && list.contains("image-tool") && list.contains("service") && list.contains("active"), "{list}");
+    assert!(!list.contains(&key[20..]), "the secret is not shown again");
+    let id = key.split('_').nth(1).unwrap();
+    let (ok, out, _) = bin(&db, &[], &["keys", "revoke", id]);
+    assert!(ok && out.contains("revoked"), "{out}");
+    assert_eq!(store.authenticate(&key).await.unwrap(), None);
+    let (ok, _, err) = bin(&db, &[], &["keys", "create", "--scope", "root", "--name", "x"]);
+    assert!(!ok && err.contains("root"), "{err}");
+    let (ok, _, err) = bin(&db, &[], &["keys", "revoke", "nope"]);
+    assert!(!ok && err.contains("no key nope"), "{err}");
+}
+
+#[tokio::test]
+async fn a_bad_setting_stops_the_start_naming_it() {
+    let db = common::fresh_url("sqlite").await;
+    let (ok, _, err) = bin(&db, &[("BILLING_LISTEN", "not-an-address")], &["serve"]);
+    assert!(!ok && err.contains("BILLING_LISTEN"), "{err}");
+    let (ok, _, err) = bin("mysql://nope", &[], &["migrate"]);
+    assert!(!ok && err.contains("DATABASE_URL"), "{err}");
+    let (ok, out, _) = bin(&db, &[], &["config", "check"]);
+    assert!(ok && out.contains("[plans.pro]") && out.contains("monthly_credits = 50"), "{out}");
 }
