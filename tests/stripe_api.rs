@@ -236,3 +236,38 @@ async fn a_bad_setting_stops_the_start_naming_it() {
     let (ok, out, _) = bin(&db, &[], &["config", "check"]);
     assert!(ok && out.contains("[plans.pro]") && out.contains("monthly_credits = 50"), "{out}");
 }
+
+#[tokio::test]
+async fn accounts_show_and_tick_from_the_command_line() {
+    let db = common::fresh_url("sqlite").await;
+    let store = billing_worker::store::Store::open(&db).await.unwrap();
+    let now = billing_worker::time::now();
+    let anchor = now - 40 * 86_400;
+    let terms = billing_worker::ledger::PlanTerms { plan: "basic".into(), monthly: 20, cap: 40 };
+    for op in [
+        billing_worker::ledger::Op::Subscribe { id: "sub_cli".into(), anchor, terms },
+        billing_worker::ledger::Op::Paid { subscription: "sub_cli".into(), start: anchor, end: add_months(anchor, 12) },
+    ] {
+        let req = billing_worker::store::Request {
+            account: "acc_cli".into(),
+            op,
+            cause: "test".into(),
+            key: None,
+            create: true,
+            now: anchor,
+        };
+        store.execute(req).await.unwrap();
+    }
+    // A month has passed since: tick applies the second allocation.
+    let (ok, out, err) = bin(&db, &[], &["tick"]);
+    assert!(ok && out.contains("due work applied to 1 account(s)"), "{out}{err}");
+    let (ok, out, _) = bin(&db, &[], &["accounts", "show", "acc_cli"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("plan     basic") && out.contains("balance  40"), "{out}");
+    assert!(
+        out.contains(&format!("alloc:sub_cli:{anchor}")) && out.contains("grant"),
+        "lots and entries are listed: {out}"
+    );
+    let (ok, _, err) = bin(&db, &[], &["accounts", "show", "nobody"]);
+    assert!(!ok && err.contains("unknown account nobody"), "{err}");
+}
