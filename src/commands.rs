@@ -100,7 +100,12 @@ pub fn parse(body: &[u8]) -> Result<Command, ParseError> {
             account_id: text(&v, "account_id")?,
             package: text(&v, "package")?,
             quantity: int(&v, "quantity", Some(1), 1..=MAX_QUANTITY)?,
-            payment_ref: opt_text(&v, "payment_ref")?,
+            payment_ref: match opt_text(&v, "payment_ref")? {
+                Some(r) if r.contains(':') || r == "signup" => {
+                    return Err(ParseError::Malformed("payment_ref must be a payment id (no ':')".into()));
+                }
+                other => other,
+            },
         },
         "cycle.ended" => {
             let at = match opt_text(&v, "at")? {
@@ -257,7 +262,13 @@ impl Commander {
         first: bool,
     ) -> Result<Outcome, StoreError> {
         let result = match self.request(cmd, now) {
-            Ok((req, customer)) => {
+            Ok((mut req, customer)) => {
+                if let Op::Grant { lot_id, .. } = &req.op
+                    && let Some(owner) = self.store.payment_account(&mut tx, lot_id).await?
+                {
+                    // The payment was granted already (maybe to another account): no second grant anywhere.
+                    req.account = owner;
+                }
                 let account = req.account.clone();
                 if let Some(c) = customer {
                     self.store.link_customer(&mut tx, &c, &account, now).await?;
@@ -369,7 +380,8 @@ impl Commander {
             }
             Kind::CycleEnded { account_id, .. } => (req(account_id, Op::Tick, false), None),
             Kind::CreditsAdjusted { account_id, credits, reason } => {
-                let mut r = req(account_id, Op::Adjust { key: cmd.id.clone(), credits: *credits }, false);
+                let mut r =
+                    req(account_id, Op::Adjust { key: format!("command:{}", cmd.id), credits: *credits }, false);
                 r.cause = format!("command:{} ({reason})", cmd.id);
                 (r, None)
             }

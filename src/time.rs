@@ -9,6 +9,15 @@ pub type Ts = i64;
 
 const DAY: i64 = 86_400;
 
+/// 9999-12-31T23:59:59Z: no instant the worker accepts lies beyond it.
+pub const MAX_TS: Ts = 253_402_300_799;
+
+/// Instants a Stripe event or command may carry: 2000-01-01 to 2200-01-01. Anything else is refused as
+/// malformed, so no cycle loop walks from the year -300 million.
+pub fn plausible(t: Ts) -> bool {
+    (946_684_800..7_258_118_400).contains(&t)
+}
+
 /// The wall clock, for the edges (HTTP, CLI, tick). The rules never call it: they get time as an argument.
 pub fn now() -> Ts {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
@@ -75,7 +84,8 @@ pub fn format_rfc3339(t: Ts) -> String {
 pub fn parse_rfc3339(s: &str) -> Option<Ts> {
     let s = s.trim();
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        return s.parse().ok();
+        // Unix seconds, up to the end of year 9999 like the dated forms.
+        return s.parse().ok().filter(|t| *t <= MAX_TS);
     }
     let b = s.as_bytes();
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
@@ -108,13 +118,14 @@ pub fn parse_rfc3339(s: &str) -> Option<Ts> {
         }
         rest = &frac[n..];
     }
+    let r = rest.as_bytes();
     let offset = match rest {
         "Z" | "z" => 0,
-        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) && &rest[3..4] == ":" => {
-            let oh: i64 = rest[1..3].parse().ok()?;
-            let om: i64 = rest[4..6].parse().ok()?;
+        _ if r.len() == 6 && (r[0] == b'+' || r[0] == b'-') && r[3] == b':' => {
+            let oh: i64 = rest.get(1..3)?.parse().ok()?;
+            let om: i64 = rest.get(4..6)?.parse().ok()?;
             let o = oh * 3600 + om * 60;
-            if rest.starts_with('-') { -o } else { o }
+            if r[0] == b'-' { -o } else { o }
         }
         _ => return None,
     };
@@ -154,7 +165,18 @@ mod tests {
         assert_eq!(at("2026-11-25"), at("2026-11-25T00:00:00Z"));
         assert_eq!(at("1700000000"), 1_700_000_000);
         assert_eq!(format_rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-        for bad in ["", "2026-13-01", "2026-02-30", "2026-01-01T25:00:00Z", "yesterday", "2026-01-01T00:00:00"] {
+        for bad in [
+            "",
+            "2026-13-01",
+            "2026-02-30",
+            "2026-01-01T25:00:00Z",
+            "yesterday",
+            "2026-01-01T00:00:00",
+            "2026-01-01T00:00:00+0é00",
+            "2026-01-01T00:00:00é",
+            "é026-01-01",
+            "99999999999999999",
+        ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }

@@ -179,7 +179,7 @@ impl Rng {
     }
 }
 
-fn random_op(rng: &mut Rng, now: &mut Ts, anchor: Ts, i: usize) -> (Op, Option<String>) {
+fn random_op(rng: &mut Rng, now: &mut Ts, anchor: Ts, i: usize, acc: &str) -> (Op, Option<String>) {
     match rng.next(9) {
         0 => {
             *now += (1 + rng.next(20) as i64) * 86_400;
@@ -187,7 +187,7 @@ fn random_op(rng: &mut Rng, now: &mut Ts, anchor: Ts, i: usize) -> (Op, Option<S
         }
         1 => (
             Op::Grant {
-                lot_id: format!("pi_{}", rng.next(3)),
+                lot_id: format!("pi_{acc}_{}", rng.next(3)),
                 source: Source::Package,
                 credits: 1 + rng.next(40) as i64,
             },
@@ -218,7 +218,10 @@ fn random_op(rng: &mut Rng, now: &mut Ts, anchor: Ts, i: usize) -> (Op, Option<S
             None,
         ),
         6 => (Op::HoldCapture { id: format!("h{}", rng.next(3)), credits: rng.next(6) as i64 }, None),
-        7 => (Op::Refund { payment: format!("pi_{}", rng.next(3)), refunded: rng.next(101) as i64, total: 100 }, None),
+        7 => (
+            Op::Refund { payment: format!("pi_{acc}_{}", rng.next(3)), refunded: rng.next(101) as i64, total: 100 },
+            None,
+        ),
         _ => {
             let key = format!("a{i}");
             (Op::Adjust { key: key.clone(), credits: rng.next(30) as i64 - 15 }, Some(key))
@@ -241,7 +244,7 @@ async fn store_matches_the_rules_and_repeats_change_nothing(store: Store) {
             .await
             .unwrap();
         for i in 0..30 {
-            let (op, key) = random_op(&mut rng, &mut now, anchor, i);
+            let (op, key) = random_op(&mut rng, &mut now, anchor, i, &acc);
             let expected = model.apply(&op, now, "test");
             let r = Request {
                 account: acc.clone(),

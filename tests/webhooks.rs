@@ -384,3 +384,25 @@ async fn unknown_store_account_is_an_error_not_a_creation() {
     assert!(matches!(r, Err(StoreError::UnknownAccount(_))));
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn one_payment_told_by_two_events_resolved_to_two_accounts_grants_once() {
+    let app = spawn_app("sqlite", t0()).await;
+    // The payment intent names no account and its customer is not linked yet: the account is the customer's id.
+    let pi = payment_intent("pi_twice", Some("cus_new"), json!({"credits_package": "credits_100"}));
+    app.deliver(&event("evt_pi", "payment_intent.succeeded", t0(), pi)).await;
+    // The checkout of the same payment names an account of its own.
+    let cs = checkout(
+        "cs_twice",
+        Some("acct_42"),
+        Some("cus_new"),
+        "pi_twice",
+        json!({"credits_package": "credits_100"}),
+        true,
+    );
+    app.deliver(&event("evt_cs", "checkout.session.completed", t0() + 1, cs)).await;
+    let cus = app.balance("cus_new").await;
+    let acct = app.store.account("acct_42", t0() + 2).await.map(|v| v.balance).unwrap_or(0);
+    assert_eq!(cus + acct, 100, "granted once in all");
+    app.shutdown().await;
+}

@@ -43,7 +43,7 @@ pub async fn adjust(
     }
     let req = Request {
         account,
-        op: Op::Adjust { key: a.idempotency_key.clone(), credits: a.credits },
+        op: Op::Adjust { key: format!("http:{}", a.idempotency_key), credits: a.credits },
         cause: format!("adjustment:{} ({})", a.idempotency_key, a.reason),
         key: Some((format!("adjust:{}", a.idempotency_key), serde_json::json!([a.credits, a.reason]).to_string())),
         create: false,

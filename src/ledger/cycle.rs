@@ -16,6 +16,14 @@ pub struct PlanTerms {
     pub cap: i64,
 }
 
+/// Terms in force from `from`, as learned from a statement made at `said_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermsChange {
+    pub from: Ts,
+    pub terms: PlanTerms,
+    pub said_at: Ts,
+}
+
 /// A subscription as Stripe describes it at one moment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Snapshot {
@@ -46,6 +54,18 @@ pub struct Subscription {
     pub terms: PlanTerms,
     /// A downgrade waiting for the next cycle.
     pub next_terms: Option<PlanTerms>,
+    /// Plan terms by the time they took effect (rule 6), so any cycle is allocated and closed with the terms in
+    /// force at its start, however late the news of a plan change arrives.
+    #[serde(default)]
+    pub history: Vec<TermsChange>,
+    /// What each snapshot or upgrade said the plan was, and when: `history` is rebuilt from these in time
+    /// order, so the order they arrive in does not matter.
+    #[serde(default)]
+    pub statements: Vec<(Ts, PlanTerms)>,
+    /// Paid upgrades by the cycle they happened in, with the monthly credits they raise that cycle to: an
+    /// allocation granted after the upgrade was paid includes the difference.
+    #[serde(default)]
+    pub paid_upgrades: Granted,
     /// Start of the current credit cycle: every boundary up to it has been closed.
     pub cursor: Ts,
     /// Paid billing periods `[start, end)`.
@@ -103,6 +123,9 @@ impl Subscription {
             anchor: snap.anchor,
             terms: snap.terms.clone(),
             next_terms: None,
+            history: vec![TermsChange { from: start, terms: snap.terms.clone(), said_at: snap.at }],
+            statements: vec![(snap.at, snap.terms.clone())],
+            paid_upgrades: Granted::new(),
             cursor: start,
             paid: Vec::new(),
             granted: Granted::new(),
@@ -133,70 +156,15 @@ impl Subscription {
     fn is_paid(&self, cycle: Ts) -> bool {
         self.paid.iter().any(|&(s, e)| s <= cycle && cycle < e)
     }
-
-    /// Terms the next close and the next allocation use.
-    fn upcoming(&self) -> &PlanTerms {
-        self.next_terms.as_ref().unwrap_or(&self.terms)
-    }
 }
 
 impl Account {
-    fn sub_index(&self, id: &str) -> Result<usize, RuleError> {
+    pub(crate) fn sub_index(&self, id: &str) -> Result<usize, RuleError> {
         self.subscriptions.iter().position(|s| s.id == id).ok_or_else(|| RuleError::UnknownSubscription(id.into()))
     }
 
-    /// Record a subscription or change its plan (rule 6): a higher monthly allocation takes effect now (the
-    /// top-up comes with the paid upgrade invoice, [`Op::Upgrade`](super::Op)), anything else at the next cycle.
-    pub(crate) fn subscribe(&mut self, snap: &Snapshot, now: Ts, cause: &str) -> i64 {
-        let Some(si) = self.subscriptions.iter().position(|s| s.id == snap.id) else {
-            self.subscriptions.push(Subscription::new(snap));
-            return 0;
-        };
-        let s = &mut self.subscriptions[si];
-        if snap.version < s.version {
-            return 0;
-        }
-        s.version = snap.version;
-        s.status = snap.status.clone();
-        s.interval = snap.interval.clone();
-        s.cancel_at_period_end = snap.cancel_at_period_end;
-        if s.anchor != snap.anchor && !s.finished {
-            // Re-anchored (Stripe's billing_cycle_anchor reset): cycles after the current one follow it.
-            s.anchor = snap.anchor;
-        }
-        let terms = &snap.terms;
-        if terms.monthly <= s.terms.monthly {
-            s.next_terms = if *terms == s.terms { None } else { Some(terms.clone()) };
-            return 0;
-        }
-        s.terms = terms.clone();
-        s.next_terms = None;
-        // Learned late: cycles that started at or after the change were allocated on the old plan; top them
-        // up. (The cycle in which it happened gets its difference from the paid upgrade invoice.)
-        let later: Vec<Ts> = s.granted.keys().copied().filter(|c| *c >= snap.at).collect();
-        later.into_iter().map(|c| self.top_up(si, c, now, cause)).sum()
-    }
-
-    /// Grant cycle `c` the difference to the subscription's monthly credits; close again what ended since.
-    fn top_up(&mut self, si: usize, c: Ts, now: Ts, cause: &str) -> i64 {
-        let s = &mut self.subscriptions[si];
-        let Some(&so_far) = s.granted.get(&c) else { return 0 };
-        let diff = s.terms.monthly - so_far;
-        if diff <= 0 || s.finished {
-            return 0;
-        }
-        s.granted.insert(c, so_far + diff);
-        let (id, plan, ends_at, cursor) = (s.id.clone(), s.terms.plan.clone(), s.ends_at, s.cursor);
-        let lot_id = format!("upgrade:{id}:{c}:{plan}");
-        let granted = self.grant_once(&lot_id, Source::Subscription, diff, now, Some((&id, c)), ends_at, cause);
-        if c < cursor {
-            self.reclose_after(si, c, now, cause);
-        }
-        granted
-    }
-
     /// Apply again, in order, every cycle close after cycle `c` up to the current cycle.
-    fn reclose_after(&mut self, si: usize, c: Ts, now: Ts, cause: &str) {
+    pub(crate) fn reclose_after(&mut self, si: usize, c: Ts, now: Ts, cause: &str) {
         let (anchor, cursor) = (self.subscriptions[si].anchor, self.subscriptions[si].cursor);
         let mut b = boundary_after(anchor, c);
         while b <= cursor {
@@ -234,36 +202,16 @@ impl Account {
     }
 
     /// Grant the allocation of cycle `c` if it is paid, not yet granted and the subscription still runs then.
-    fn allocate(&mut self, si: usize, c: Ts, at: Ts, cause: &str) -> i64 {
+    pub(crate) fn allocate(&mut self, si: usize, c: Ts, at: Ts, cause: &str) -> i64 {
         let s = &self.subscriptions[si];
         if s.granted.contains_key(&c) || !s.is_paid(c) || s.ends_at.is_some_and(|e| e <= c) {
             return 0;
         }
-        let (id, monthly, ends_at) = (s.id.clone(), s.terms.monthly, s.ends_at);
+        let monthly = s.terms_at(c).monthly.max(s.paid_upgrades.get(&c).copied().unwrap_or(0));
+        let (id, ends_at) = (s.id.clone(), s.ends_at);
         self.subscriptions[si].granted.insert(c, monthly);
         let lot_id = format!("alloc:{id}:{c}");
         self.grant_once(&lot_id, Source::Subscription, monthly, at, Some((&id, c)), ends_at, cause)
-    }
-
-    /// Rule 6: the paid upgrade at `at` tops the cycle containing it up to `terms`' monthly credits, switching
-    /// to `terms` when they are higher.
-    pub(crate) fn upgrade(
-        &mut self,
-        sub: &str,
-        terms: &PlanTerms,
-        at: Ts,
-        now: Ts,
-        cause: &str,
-    ) -> Result<i64, RuleError> {
-        let si = self.sub_index(sub)?;
-        let s = &mut self.subscriptions[si];
-        if terms.monthly > s.terms.monthly {
-            s.terms = terms.clone();
-            s.next_terms = None;
-        }
-        let c = s.cycle_start_at(at.min(s.cursor));
-        // Not allocated yet: the allocation will use the new terms.
-        Ok(self.top_up(si, c, now, cause))
     }
 
     /// Rule 7: the subscription ended at `at`; its credits stay until the end of that cycle, then expire.
@@ -290,9 +238,9 @@ impl Account {
     }
 
     /// Cut the subscription's credits granted before boundary `b` to the rollover cap, oldest lots first.
-    fn cut_to_cap(&mut self, si: usize, b: Ts, at: Ts, cause: &str) {
+    pub(crate) fn cut_to_cap(&mut self, si: usize, b: Ts, at: Ts, cause: &str) {
         let s = &self.subscriptions[si];
-        let (id, cap) = (s.id.clone(), s.upcoming().cap);
+        let (id, cap) = (s.id.clone(), s.terms_at(b).cap);
         let mut idx: Vec<usize> = (0..self.lots.len())
             .filter(|&i| {
                 let l = &self.lots[i];
@@ -322,9 +270,7 @@ impl Account {
             s.finished = true;
             return;
         }
-        if let Some(next) = s.next_terms.take() {
-            s.terms = next;
-        }
+        s.sync_terms();
         self.allocate(si, b, b, &cause);
     }
 

@@ -10,6 +10,7 @@ pub mod events;
 mod holds;
 mod lots;
 mod members;
+mod plans;
 #[cfg(test)]
 mod props;
 #[cfg(test)]
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 pub use crate::time::Ts;
-pub use cycle::{PlanTerms, Snapshot};
+pub use cycle::{PlanTerms, Snapshot, TermsChange};
 
 /// Where a lot's credits came from. Only `Subscription` credits are cut at cycle close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -382,3 +382,38 @@ fn an_upgrade_learned_late_tops_up_cycles_allocated_on_the_old_plan() {
     );
     assert_eq!(a.balance, 100, "as if on time: 20 + 30 upgrade, then 50");
 }
+
+/// Every order of a subscription's plan news and payments ends with the same credits (review finding: a late
+/// payment used today's plan).
+#[test]
+fn plan_changes_and_payments_in_any_order_end_the_same() {
+    let anchor = t("2026-01-01T00:00:00Z");
+    let feb15 = t("2026-02-15T00:00:00Z");
+    let now = t("2026-02-20T00:00:00Z");
+    let snap = |terms: PlanTerms, at: Ts, version: i64| {
+        Op::Snapshot(Snapshot { id: "sub".into(), start: anchor, anchor, terms, version, at, ..Snapshot::default() })
+    };
+    let events = vec![
+        snap(basic(), anchor, 1),
+        Op::Paid { subscription: "sub".into(), start: anchor, end: add_months(anchor, 1) },
+        Op::Paid { subscription: "sub".into(), start: add_months(anchor, 1), end: add_months(anchor, 2) },
+        snap(pro(), feb15, 2),
+        Op::Upgrade { subscription: "sub".into(), terms: pro(), at: feb15 },
+    ];
+    let run = |order: &[usize]| {
+        let mut a = Account::new("acc");
+        // The subscription must be known first (the mapping waits for it); the rest in the given order.
+        a.apply(&events[0], now, "t").unwrap();
+        for &i in order {
+            a.apply(&events[i], now, "t").unwrap();
+        }
+        a.apply(&Op::Tick, now, "t").unwrap();
+        (a.balance, a.plan())
+    };
+    let expected = run(&[1, 2, 3, 4]);
+    assert_eq!(expected, (20 + 20 + 30, "pro".to_string()), "Jan basic, Feb basic, the upgrade difference");
+    let orders = [[4, 3, 2, 1], [3, 1, 4, 2], [2, 4, 1, 3], [1, 3, 2, 4], [4, 1, 3, 2], [3, 4, 2, 1], [2, 1, 4, 3]];
+    for o in orders {
+        assert_eq!(run(&o), expected, "order {o:?}");
+    }
+}

@@ -10,12 +10,14 @@ const SQLITE: &[(i64, &str, &str)] = &[
     (2, "inbox", include_str!("../../migrations/sqlite/0002_inbox.sql")),
     (3, "api", include_str!("../../migrations/sqlite/0003_api.sql")),
     (4, "outbox", include_str!("../../migrations/sqlite/0004_outbox.sql")),
+    (5, "payments", include_str!("../../migrations/sqlite/0005_payments.sql")),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (1, "ledger", include_str!("../../migrations/postgres/0001_ledger.sql")),
     (2, "inbox", include_str!("../../migrations/postgres/0002_inbox.sql")),
     (3, "api", include_str!("../../migrations/postgres/0003_api.sql")),
     (4, "outbox", include_str!("../../migrations/postgres/0004_outbox.sql")),
+    (5, "payments", include_str!("../../migrations/postgres/0005_payments.sql")),
 ];
 
 /// Arbitrary constant naming the migration lock.

@@ -156,6 +156,12 @@ impl Mapper<'_> {
         let period = sub.period();
         let anchor = sub.billing_cycle_anchor.or(period.map(|p| p.0)).or(sub.start_date);
         let anchor = anchor.ok_or_else(|| Fail::Permanent(format!("subscription {} has no billing anchor", sub.id)))?;
+        for t in [Some(anchor), sub.trial_start, sub.ended_at, sub.canceled_at, Some(env.created)].into_iter().flatten()
+        {
+            if !crate::time::plausible(t) {
+                return Err(Fail::Permanent(format!("subscription {}: timestamp {t} is out of range", sub.id)));
+            }
+        }
         let start = sub.trial_start.filter(|t| *t < anchor).unwrap_or(anchor);
         let interval = price.recurring.as_ref().and_then(|r| r.interval.clone()).unwrap_or_default();
         let snap = Snapshot {
@@ -211,7 +217,20 @@ impl Mapper<'_> {
             self.store.link_customer(tx, &c.0, &account, self.now).await?;
         }
         let reason = inv.billing_reason.as_deref().unwrap_or("");
-        let op = if reason == "subscription_update" {
+        // The billing period the invoice pays: its non-proration lines (a renewal, a start, or a switch to
+        // another interval that starts a new period).
+        let periods: Vec<(Ts, Ts)> =
+            inv.lines().iter().filter(|l| !l.is_proration()).filter_map(|l| l.period()).collect();
+        let paid = match (periods.iter().map(|p| p.0).min(), periods.iter().map(|p| p.1).max()) {
+            (Some(s), Some(e)) if e > s => Some((s, e)),
+            _ if reason == "subscription_update" => None,
+            _ => match (inv.period_start, inv.period_end) {
+                (Some(s), Some(e)) if e > s => Some((s, e)),
+                _ => return Err(Fail::Permanent(format!("invoice {} has no billing period", inv.id))),
+            },
+        };
+        let mut ops = Vec::new();
+        if reason == "subscription_update" {
             // The upgrade: the plan of the line that charges for the new price.
             let line = inv.lines().iter().filter(|l| l.price_id().is_some()).max_by_key(|l| l.amount.unwrap_or(0));
             let Some(price_id) = line.and_then(|l| l.price_id()) else {
@@ -232,22 +251,18 @@ impl Mapper<'_> {
             };
             // The upgrade happened where its proration starts.
             let at = inv.lines().iter().filter_map(|l| l.period()).map(|p| p.0).min().unwrap_or(env.created);
-            Op::Upgrade { subscription: sub.clone(), terms, at }
-        } else {
-            let periods: Vec<(Ts, Ts)> =
-                inv.lines().iter().filter(|l| !l.is_proration()).filter_map(|l| l.period()).collect();
-            let start = periods.iter().map(|p| p.0).min();
-            let end = periods.iter().map(|p| p.1).max();
-            let (start, end) = match (start, end) {
-                (Some(s), Some(e)) if e > s => (s, e),
-                _ => match (inv.period_start, inv.period_end) {
-                    (Some(s), Some(e)) if e > s => (s, e),
-                    _ => return Err(Fail::Permanent(format!("invoice {} has no billing period", inv.id))),
-                },
-            };
-            Op::Paid { subscription: sub.clone(), start, end }
-        };
-        self.apply(tx, env, &account, vec![op]).await?;
+            if !crate::time::plausible(at) {
+                return Err(Fail::Permanent(format!("invoice {}: time {at} is out of range", inv.id)));
+            }
+            ops.push(Op::Upgrade { subscription: sub.clone(), terms, at });
+        }
+        if let Some((start, end)) = paid {
+            if !crate::time::plausible(start) || !crate::time::plausible(end) {
+                return Err(Fail::Permanent(format!("invoice {}: period {start}..{end} is out of range", inv.id)));
+            }
+            ops.push(Op::Paid { subscription: sub.clone(), start, end });
+        }
+        self.apply(tx, env, &account, ops).await?;
         Ok(Handled::Applied { account, facts: vec![] })
     }
 
@@ -312,6 +327,9 @@ impl Mapper<'_> {
             return Err(Fail::Permanent(format!("checkout {} names no account and no customer", s.id)));
         };
         let payment = s.payment_intent.map(|p| p.0).unwrap_or(s.id);
+        // A payment already granted (told by another event, maybe resolved to another account) is not granted
+        // again: the grant goes to the account that has it, where it is a no-op.
+        let account = self.store.payment_account(tx, &payment).await?.unwrap_or(account);
         self.apply(tx, env, &account, vec![Op::Grant { lot_id: payment.clone(), source: Source::Package, credits }])
             .await?;
         Ok(Handled::Applied { account, facts: vec![format!("payment:{payment}")] })
@@ -328,6 +346,7 @@ impl Mapper<'_> {
         let Some(account) = self.resolve(tx, meta(&pi.metadata, "account_id"), customer).await? else {
             return Err(Fail::Permanent(format!("payment intent {} names no account and no customer", pi.id)));
         };
+        let account = self.store.payment_account(tx, &pi.id).await?.unwrap_or(account);
         let op = Op::Grant { lot_id: pi.id.clone(), source: Source::Package, credits: p.credits * quantity };
         self.apply(tx, env, &account, vec![op]).await?;
         Ok(Handled::Applied { account, facts: vec![format!("payment:{}", pi.id)] })
