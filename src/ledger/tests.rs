@@ -393,7 +393,7 @@ fn plan_changes_and_payments_in_any_order_end_the_same() {
     let snap = |terms: PlanTerms, at: Ts, version: i64| {
         Op::Snapshot(Snapshot { id: "sub".into(), start: anchor, anchor, terms, version, at, ..Snapshot::default() })
     };
-    let events = vec![
+    let events = [
         snap(basic(), anchor, 1),
         Op::Paid { subscription: "sub".into(), start: anchor, end: add_months(anchor, 1) },
         Op::Paid { subscription: "sub".into(), start: add_months(anchor, 1), end: add_months(anchor, 2) },
