@@ -59,8 +59,8 @@ impl Account {
         self.holds[i].status = HoldStatus::Captured;
         let (user, op) = (self.holds[i].user_id.clone(), self.holds[i].operation.clone());
         if credits > 0 {
-            self.take(credits, EntryKind::Debit, now, cause, user.as_deref(), op.as_deref())
-                .expect("the held credits were just given back");
+            // Normally the credits just given back; less if a refund claimed some of them meanwhile.
+            self.take(credits, EntryKind::Debit, now, cause, user.as_deref(), op.as_deref())?;
         }
         Ok(credits)
     }
@@ -96,12 +96,16 @@ impl Account {
                     self.lots.len() - 1
                 }
             };
-            self.lots[li].remaining += n;
+            // A refund may have claimed back some of what was held from this lot meanwhile: those credits do
+            // not come back.
+            let lot = &self.lots[li];
+            let returnable = if lot.amount == 0 { *n } else { (lot.amount - lot.clawed - lot.remaining).clamp(0, *n) };
+            self.lots[li].remaining += returnable;
             self.lots[li].amount = self.lots[li].amount.max(self.lots[li].remaining);
-            self.balance += n;
-            total += n;
+            self.balance += returnable;
+            total += returnable;
             let id = self.lots[li].id.clone();
-            self.push_entry(EntryBuilder::new(at, EntryKind::Release, *n, Some(&id), cause));
+            self.push_entry(EntryBuilder::new(at, EntryKind::Release, returnable, Some(&id), cause));
         }
         self.holds[hi].taken = taken;
         total

@@ -417,3 +417,27 @@ fn plan_changes_and_payments_in_any_order_end_the_same() {
         assert_eq!(run(&o), expected, "order {o:?}");
     }
 }
+
+#[test]
+fn a_refund_while_credits_are_held_does_not_hand_them_back() {
+    let mut a = Account::new("acc");
+    ok(&mut a, Op::Grant { lot_id: "pi_1".into(), source: Source::Package, credits: 100 }, 0);
+    ok(&mut a, Op::HoldCreate { id: "h".into(), credits: 60, deadline: 100, user_id: None, operation: None }, 1);
+    ok(&mut a, Op::Refund { payment: "pi_1".into(), refunded: 10, total: 10 }, 2);
+    assert_eq!(a.balance, 0);
+    ok(&mut a, Op::HoldRelease { id: "h".into() }, 3);
+    assert_eq!(a.balance, 0, "the refunded credits that were held stay refunded");
+    check_invariants(&a);
+    // Half refunded while 60 of 100 were held: 50 stay the customer's.
+    let mut b = Account::new("b");
+    ok(&mut b, Op::Grant { lot_id: "pi_2".into(), source: Source::Package, credits: 100 }, 0);
+    ok(&mut b, Op::HoldCreate { id: "h".into(), credits: 60, deadline: 100, user_id: None, operation: None }, 1);
+    ok(&mut b, Op::Refund { payment: "pi_2".into(), refunded: 5, total: 10 }, 2);
+    assert_eq!(
+        b.apply(&Op::HoldCapture { id: "h".into(), credits: 60 }, 3, "t"),
+        Err(RuleError::Insufficient { balance: 50, needed: 60 })
+    );
+    ok(&mut b, Op::HoldCapture { id: "h".into(), credits: 20 }, 4);
+    assert_eq!(b.balance, 30);
+    check_invariants(&b);
+}

@@ -53,6 +53,10 @@ fn retried(props: &BasicProperties) -> usize {
     }
 }
 
+fn hash_key(data: &[u8]) -> String {
+    format!("msg_{}", &hex::encode(Sha256::digest(data))[..24])
+}
+
 /// The id a message is known by when it cannot be parsed: its `id` field, its message id, or a hash of it.
 fn message_key(d: &Delivery) -> String {
     if let Some(id) =
@@ -63,7 +67,7 @@ fn message_key(d: &Delivery) -> String {
     if let Some(id) = d.properties.message_id().as_ref() {
         return id.as_str().to_owned();
     }
-    format!("msg_{}", &hex::encode(Sha256::digest(&d.data))[..24])
+    hash_key(&d.data)
 }
 
 impl Broker {
@@ -80,13 +84,16 @@ impl Broker {
         }
         let v = verdict(&outcome, retried, self.names.retry.len());
         if let Verdict::Park(reason) = &v {
-            // Kept as a failed event too, so `failed list` and replay see it.
+            // Kept as a failed event too, so `failed list` and replay see it. A message that did not parse is
+            // known by its hash: a corrected message with the same id is a new command, not a repeat of this one.
             let kind = serde_json::from_slice::<serde_json::Value>(&d.data)
                 .ok()
                 .and_then(|v| v.get("type")?.as_str().map(str::to_owned));
-            self.commander
-                .keep_failed(&message_key(&d), kind.as_deref().unwrap_or("unknown"), &raw, reason, now)
-                .await?;
+            let key = match &outcome {
+                Err(Failure::Malformed(_)) => hash_key(&d.data),
+                _ => message_key(&d),
+            };
+            self.commander.keep_failed(&key, kind.as_deref().unwrap_or("unknown"), &raw, reason, now).await?;
         }
         if v == Verdict::Ack && self.crash_before_ack.swap(false, Ordering::SeqCst) {
             return Err(QueueError::SimulatedCrash);

@@ -73,11 +73,19 @@ impl Broker {
             if *stop.borrow() {
                 return;
             }
-            match self.session(&mut stop).await {
-                Ok(()) => return,
-                Err(e) => {
+            // Each session runs as a task of its own, so even a panic ends only the session, not the worker's
+            // broker side.
+            let me = self.clone();
+            let mut session_stop = stop.clone();
+            match tokio::spawn(async move { me.session(&mut session_stop).await }).await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => {
                     self.state.store(BROKER_DOWN, Ordering::Relaxed);
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker session ended; reconnecting");
+                }
+                Err(panic) => {
+                    self.state.store(BROKER_DOWN, Ordering::Relaxed);
+                    tracing::error!(error = %panic, "broker session panicked; reconnecting");
                 }
             }
             tokio::select! {

@@ -12,6 +12,12 @@ const BATCH: i64 = 500;
 impl Broker {
     pub(super) async fn publish_outbox(&self, ch: &Channel, lease: &mut Option<Lease>) -> Result<usize, QueueError> {
         let store = &self.commander.store;
+        if let Some(l) = lease.as_mut()
+            && !l.alive().await
+        {
+            tracing::warn!("publisher lease lost; taking it again before publishing");
+            *lease = None;
+        }
         if lease.is_none() {
             *lease = store.publisher_lease().await?;
             if lease.is_none() {

@@ -140,22 +140,33 @@ impl Store {
         Ok(Outcome::Applied(applied))
     }
 
-    /// Apply due work for every account whose next due time has passed; returns how many were touched.
+    /// Apply due work for every account whose next due time has passed; returns how many were done. An account
+    /// that fails is logged and skipped, so one bad account does not hold up the others.
     pub async fn tick(&self, now: Ts) -> Result<usize, StoreError> {
         let mut done = 0;
+        let mut skipped: Vec<String> = Vec::new();
         loop {
             let ids: Vec<String> =
-                sqlx::query_scalar("SELECT id FROM accounts WHERE next_due_at <= $1 ORDER BY next_due_at LIMIT 200")
+                sqlx::query_scalar("SELECT id FROM accounts WHERE next_due_at <= $1 ORDER BY next_due_at LIMIT $2")
                     .bind(now)
+                    .bind(200 + skipped.len() as i64)
                     .fetch_all(&self.pool)
                     .await?;
+            let ids: Vec<String> = ids.into_iter().filter(|id| !skipped.contains(id)).collect();
             if ids.is_empty() {
                 return Ok(done);
             }
             for id in ids {
-                let req = Request { account: id, op: Op::Tick, cause: "tick".into(), key: None, create: false, now };
-                self.execute(req).await?;
-                done += 1;
+                let req =
+                    Request { account: id.clone(), op: Op::Tick, cause: "tick".into(), key: None, create: false, now };
+                match self.execute(req).await {
+                    Ok(_) => done += 1,
+                    Err(e @ StoreError::Db(_)) if skipped.is_empty() && done == 0 => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(account = %id, error = %e, "due work failed; skipped until the next tick");
+                        skipped.push(id);
+                    }
+                }
             }
         }
     }

@@ -20,7 +20,26 @@ pub struct OutboxRow {
 
 /// Held while this process is the one publisher (PostgreSQL: a session advisory lock on this connection).
 pub struct Lease {
-    _conn: Option<PoolConnection<Any>>,
+    conn: Option<PoolConnection<Any>>,
+}
+
+impl Lease {
+    /// Whether the lease still holds: its connection (and so its lock) is alive.
+    pub async fn alive(&mut self) -> bool {
+        match &mut self.conn {
+            None => true,
+            Some(c) => sqlx::query("SELECT 1").execute(&mut **c).await.is_ok(),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // Close the connection rather than return it to the pool still holding the lock.
+        if let Some(c) = self.conn.take() {
+            drop(c.detach());
+        }
+    }
 }
 
 const LEASE_ID: i64 = 0x0062_696c_6c6f_7574;
@@ -111,11 +130,11 @@ impl Store {
     /// Become the publisher, if no other instance is. SQLite serves one instance: always granted.
     pub async fn publisher_lease(&self) -> Result<Option<Lease>, StoreError> {
         if self.backend == Backend::Sqlite {
-            return Ok(Some(Lease { _conn: None }));
+            return Ok(Some(Lease { conn: None }));
         }
         let mut conn = self.pool.acquire().await?;
         let got: bool =
             sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LEASE_ID).fetch_one(&mut *conn).await?;
-        Ok(got.then_some(Lease { _conn: Some(conn) }))
+        Ok(got.then_some(Lease { conn: Some(conn) }))
     }
 }

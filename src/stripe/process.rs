@@ -213,8 +213,10 @@ impl Intake {
         let rows = self.store.inbox_list(&filter).await?;
         let mut applied = 0;
         for r in rows {
-            if self.replay(r.id, now).await?.status == InboxStatus::Applied {
-                applied += 1;
+            match self.replay(r.id, now).await {
+                Ok(d) if d.status == InboxStatus::Applied => applied += 1,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(id = r.id, error = %e, "waiting event could not be retried; skipped"),
             }
         }
         Ok(applied)
