@@ -27,6 +27,11 @@ pub struct Decision {
     pub duplicate: bool,
 }
 
+/// Applied and ignored events are decided for good: replaying them changes nothing.
+fn decided(status: InboxStatus) -> bool {
+    matches!(status, InboxStatus::Applied | InboxStatus::Ignored)
+}
+
 /// Whether an event is decided for the first time (its row was inserted in the same transaction) or again.
 #[derive(Clone, Copy)]
 enum Attempt<'a> {
@@ -72,17 +77,28 @@ impl Intake {
 
     /// Decide a stored event again (replay, or a fact it waited for arrived).
     pub async fn replay(&self, id: i64, now: Ts) -> Result<Decision, StoreError> {
+        let row = self
+            .store
+            .inbox_get(&id.to_string())
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("no inbox row {id}")))?;
+        // Prefetching may call the Stripe API: done before the write lock is taken, never while holding it.
+        let parsed = parse_envelope(row.payload.as_bytes());
+        let pre = match &parsed {
+            Ok(env) if !decided(row.status) => self.prefetch(env).await,
+            _ => Prefetched::default(),
+        };
         let mut tx = self.store.begin_write().await?;
         let row = self
             .store
             .inbox_lock(&mut tx, id)
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("no inbox row {id}")))?;
-        if matches!(row.status, InboxStatus::Applied | InboxStatus::Ignored) {
+        if decided(row.status) {
             tx.rollback().await?;
             return Ok(Decision { id, status: row.status, detail: row.detail, duplicate: true });
         }
-        let env = match parse_envelope(row.payload.as_bytes()) {
+        let env = match parsed {
             Ok(env) => env,
             Err(e) => {
                 self.store
@@ -92,18 +108,6 @@ impl Intake {
                 return Ok(Decision { id, status: InboxStatus::Failed, detail: Some(e.to_string()), duplicate: false });
             }
         };
-        drop(tx); // prefetch may call the Stripe API: never hold the write lock over the network
-        let pre = self.prefetch(&env).await;
-        let mut tx = self.store.begin_write().await?;
-        let row = self
-            .store
-            .inbox_lock(&mut tx, id)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt(format!("no inbox row {id}")))?;
-        if matches!(row.status, InboxStatus::Applied | InboxStatus::Ignored) {
-            tx.rollback().await?;
-            return Ok(Decision { id, status: row.status, detail: row.detail, duplicate: true });
-        }
         let decision = self.decide(tx, id, &env, &pre, now, Attempt::Again).await?;
         self.wake(&decision, now).await;
         Ok(decision.0)
