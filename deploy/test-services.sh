@@ -6,7 +6,7 @@
 set -euo pipefail
 
 log() { echo "test-services: $*" >&2; }
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo -E "$@"; fi; }
 
 pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }
 
@@ -20,6 +20,8 @@ start_postgres() {
     hba=$(ls /etc/postgresql/*/main/pg_hba.conf | head -n1)
     # Tests connect as postgres over 127.0.0.1 without a password, as on the development machines.
     as_root sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
+    # The package may have started the cluster already: make it read the new rules.
+    as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main reload 2>/dev/null || true
   fi
   log "starting PostgreSQL"
   as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
@@ -44,8 +46,22 @@ start_rabbitmq() {
   as_root rabbitmqctl await_startup >/dev/null 2>&1 || true
 }
 
+# Tools the Schemathesis step needs (python3 with venv, curl).
+need_tools() {
+  local missing=()
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
+  command -v python3 >/dev/null 2>&1 || missing+=(python3)
+  python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
 start_postgres
 start_rabbitmq
+need_tools
 psql -h 127.0.0.1 -U postgres -d postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 \
   || psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE test"
 # Per-test databases of earlier runs.

@@ -55,6 +55,9 @@ pub enum ParseError {
 
 fn text(v: &Value, field: &str) -> Result<String, ParseError> {
     match v.get(field) {
+        Some(Value::String(s)) if s.contains('\0') => {
+            Err(ParseError::Malformed(format!("{field} must not contain NUL")))
+        }
         Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 256 => Ok(s.trim().to_owned()),
         Some(Value::String(_)) => Err(ParseError::Malformed(format!("{field} must be 1 to 256 characters"))),
         Some(_) => Err(ParseError::Malformed(format!("{field} must be a string"))),

@@ -92,8 +92,8 @@ impl Config {
         let webhook_tolerance_secs =
             parse_u64(get("STRIPE_WEBHOOK_TOLERANCE_SECS"), "STRIPE_WEBHOOK_TOLERANCE_SECS", 300)?;
         let tick_interval_secs = parse_u64(get("BILLING_TICK_SECS"), "BILLING_TICK_SECS", 60)?;
-        if tick_interval_secs == 0 {
-            return Err(invalid("BILLING_TICK_SECS", "must be 1 or more"));
+        if !(1..=86_400).contains(&tick_interval_secs) {
+            return Err(invalid("BILLING_TICK_SECS", "must be between 1 and 86400"));
         }
 
         let stripe_api_base = get("STRIPE_API_BASE").unwrap_or_else(|| "https://api.stripe.com".into());
@@ -139,8 +139,8 @@ impl Config {
         };
         let balance_low = parse_u64(get("BILLING_BALANCE_LOW"), "BILLING_BALANCE_LOW", 10)? as i64;
         let lock_timeout_ms = parse_u64(get("BILLING_LOCK_TIMEOUT_MS"), "BILLING_LOCK_TIMEOUT_MS", 5_000)?;
-        if lock_timeout_ms == 0 {
-            return Err(invalid("BILLING_LOCK_TIMEOUT_MS", "must be 1 or more"));
+        if !(1..=2_147_483_647).contains(&lock_timeout_ms) {
+            return Err(invalid("BILLING_LOCK_TIMEOUT_MS", "must be between 1 and 2147483647"));
         }
 
         Ok(Config {
@@ -211,6 +211,8 @@ mod tests {
             ("BILLING_RETRY_DELAYS_MS", "1000,soon"),
             ("BILLING_BALANCE_LOW", "-1"),
             ("BILLING_LOCK_TIMEOUT_MS", "0"),
+            ("BILLING_LOCK_TIMEOUT_MS", "99999999999"),
+            ("BILLING_TICK_SECS", "999999999999"),
             ("BILLING_QUEUE_REQUIRE_SIGNATURE", "maybe"),
             ("BILLING_CONFIG", "/nonexistent/catalog.toml"),
         ] {

@@ -432,9 +432,15 @@ async fn the_openapi_document_lists_every_route_and_every_route_is_served() {
     assert_eq!(documented, routes);
     for (method, path) in &routes {
         let concrete = path.replace("{account}", "acc").replace("{user}", "u").replace("{id}", "x");
-        let (_, body) = app.call(&method.to_uppercase(), &concrete, Some(&svc), None).await;
+        let (status, body) = app.call(&method.to_uppercase(), &concrete, Some(&svc), None).await;
         assert_ne!(body["error"]["message"], "no such route", "{method} {path} is served");
+        assert_ne!(status, 405, "{method} {path} is served with that method");
     }
+    // A wrong method gets the JSON error shape too.
+    let (s, b) = app.call("DELETE", "/v1/quote", Some(&svc), None).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (405, Some("method_not_allowed")));
+    let (s, b) = app.call("GET", "/v1/accounts/a%00b/balance", Some(&svc), None).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_request")), "NUL in a path");
     let resp = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();

@@ -133,7 +133,7 @@ pub struct UsageQuery {
 }
 
 #[utoipa::path(get, path = "/v1/accounts/{account}/usage", security(("bearer" = [])), params(("account" = String, Path), UsageQuery),
-    responses((status = 200, body = Usage, content_type = "application/json"), (status = 200, body = String, content_type = "text/csv"),
+    responses((status = 200, description = "the report, as JSON or (Accept: text/csv) as CSV with header key,credits,count", content((Usage = "application/json"), (String = "text/csv"))),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn usage(
     _: Service,
@@ -193,7 +193,7 @@ pub async fn add_member(
     Path(account): Path<String>,
     Body(m): Body<MemberRequest>,
 ) -> Result<(StatusCode, Json<Members>), ApiError> {
-    if m.user_id.trim().is_empty() || m.user_id.len() > 256 {
+    if m.user_id.trim().is_empty() || m.user_id.len() > 256 || m.user_id.contains('\0') {
         return Err(ApiError::BadRequest("user_id must be 1 to 256 characters".into()));
     }
     let seats = members_view(&app, &account).await?.seats;

@@ -37,7 +37,7 @@ pub async fn adjust(
         )));
     }
     for (field, v) in [("reason", &a.reason), ("idempotency_key", &a.idempotency_key)] {
-        if v.trim().is_empty() || v.len() > 256 {
+        if v.trim().is_empty() || v.len() > 256 || v.contains('\0') {
             return Err(ApiError::BadRequest(format!("{field} must be 1 to 256 characters")));
         }
     }
@@ -130,7 +130,12 @@ pub async fn replay(_: Admin, State(app): State<AppState>, Path(id): Path<String
     security(("bearer" = [])),
     responses((status = 200, body = CommandResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 422, body = ErrorBody)))]
-pub async fn command(_: Admin, State(app): State<AppState>, body: Bytes) -> Result<Json<CommandResult>, ApiError> {
+pub async fn command(
+    _: Admin,
+    State(app): State<AppState>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<CommandResult>, ApiError> {
+    let body = body.map_err(super::extract::body_error)?;
     let cmd = crate::commands::parse(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let raw = std::str::from_utf8(&body).map_err(|_| ApiError::BadRequest("body is not UTF-8".into()))?;
     let o = app.commander.apply(&cmd, raw, app.clock.now()).await?;

@@ -51,6 +51,8 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("this route does not take this method")]
+    MethodNotAllowed,
 }
 
 impl ApiError {
@@ -77,6 +79,7 @@ impl ApiError {
             ApiError::CommandFailed(_) => (S::UNPROCESSABLE_ENTITY, "command_failed"),
             ApiError::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::NotFound(_) => (S::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed"),
         }
     }
 }

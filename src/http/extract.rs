@@ -44,6 +44,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Body(v)),
+            Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::TooLarge { limit: super::MAX_BODY })
+            }
             Err(e) => Err(ApiError::BadRequest(e.body_text())),
         }
     }
@@ -81,4 +84,13 @@ pub fn limit(v: Option<i64>) -> Result<i64, ApiError> {
         return Err(ApiError::BadRequest(format!("limit must be between 1 and 1000, got {limit}")));
     }
     Ok(limit)
+}
+
+/// A raw body that could not be read: 413 when too large, else 400.
+pub fn body_error(e: axum::extract::rejection::BytesRejection) -> ApiError {
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::TooLarge { limit: super::MAX_BODY }
+    } else {
+        ApiError::BadRequest(e.body_text())
+    }
 }

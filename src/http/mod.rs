@@ -111,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(health::openapi))
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -118,6 +119,13 @@ pub fn router(state: AppState) -> Router {
 
 /// A span and metrics per request; handlers add the event or account id to their own spans.
 async fn observe(axum::extract::State(app): axum::extract::State<AppState>, req: Request, next: Next) -> Response {
+    // Ids with NUL cannot be stored (PostgreSQL text): refused here for every route.
+    let uri = req.uri().to_string().to_ascii_lowercase();
+    if uri.contains("%00") {
+        return axum::response::IntoResponse::into_response(error::ApiError::BadRequest(
+            "NUL is not allowed in paths or queries".into(),
+        ));
+    }
     let route =
         req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();

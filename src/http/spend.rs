@@ -32,7 +32,7 @@ fn stable_id(prefix: &str, account: &str, key: &str) -> String {
 }
 
 fn non_empty(field: &str, v: &str) -> Result<(), ApiError> {
-    if v.trim().is_empty() || v.len() > 256 {
+    if v.trim().is_empty() || v.len() > 256 || v.contains('\0') {
         return Err(ApiError::BadRequest(format!("{field} must be 1 to 256 characters")));
     }
     Ok(())
@@ -74,8 +74,14 @@ pub async fn debit(
     non_empty("idempotency_key", &d.idempotency_key)?;
     non_empty("user_id", &d.user_id)?;
     let (quantity, credits) = price(&app, &d.operation, d.quantity)?;
-    check_entitled(&app, &account, &d.operation).await?;
     let fingerprint = serde_json::json!(["debit", d.operation, quantity, d.user_id]).to_string();
+    let debit_id = stable_id("dbt", &account, &d.idempotency_key);
+    // A repeat gets the first answer, whatever changed since (a plan change does not turn it into a 403).
+    if let Some(first) = app.store.effect(&account, &format!("debit:{}", d.idempotency_key), &fingerprint).await? {
+        app.metrics.debit(false, credits);
+        return Ok((StatusCode::CREATED, Json(Debit { debit_id, credits: first.credits, balance: first.balance })));
+    }
+    check_entitled(&app, &account, &d.operation).await?;
     let op = Op::Debit {
         key: d.idempotency_key.clone(),
         credits,

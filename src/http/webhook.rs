@@ -23,13 +23,7 @@ pub async fn stripe(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let body = body.map_err(|e| {
-        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge { limit: super::MAX_BODY }
-        } else {
-            ApiError::BadPayload(e.body_text())
-        }
-    })?;
+    let body = body.map_err(super::extract::body_error)?;
     if app.config.webhook_secrets.is_empty() {
         return Err(ApiError::WebhooksDisabled);
     }

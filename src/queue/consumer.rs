@@ -74,7 +74,8 @@ impl Broker {
     pub(super) async fn handle(&self, publish: &Channel, d: Delivery) -> Result<(), QueueError> {
         let now = self.clock.now();
         let retried = retried(&d.properties);
-        let raw = String::from_utf8_lossy(&d.data).into_owned();
+        // Stored as text: a NUL (which PostgreSQL refuses in text) is replaced, so even such a message is kept.
+        let raw = String::from_utf8_lossy(&d.data).replace('\0', "\u{FFFD}");
         let outcome = match commands::parse(&d.data) {
             Err(e) => Err(Failure::Malformed(e.to_string())),
             Ok(cmd) => self.commander.apply(&cmd, &raw, now).await.map_err(Failure::Transient),
@@ -116,10 +117,10 @@ impl Broker {
         let mut headers = d.properties.headers().clone().unwrap_or_default();
         headers.insert(header.into(), value);
         let props = d.properties.clone().with_headers(headers).with_delivery_mode(2);
-        let confirm = publish
+        let pending = publish
             .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &d.data, props)
-            .await?
             .await?;
+        let confirm = super::confirmed(pending).await?;
         if !matches!(confirm, Confirmation::Ack(_)) {
             return Err(QueueError::Nacked);
         }

@@ -28,7 +28,7 @@ pub async fn requeue(
     while done < total {
         let Some(m) = ch.basic_get(names.dead.as_str().into(), BasicGetOptions { no_ack: false }).await? else { break };
         let props = m.delivery.properties.clone().with_headers(fresh_headers(m.delivery.properties.headers().as_ref()));
-        let c = ch
+        let pending = ch
             .basic_publish(
                 "".into(),
                 names.commands.as_str().into(),
@@ -36,8 +36,8 @@ pub async fn requeue(
                 &m.delivery.data,
                 props,
             )
-            .await?
             .await?;
+        let c = super::confirmed(pending).await?;
         if matches!(c, Confirmation::Ack(_)) {
             m.ack(BasicAckOptions::default()).await?;
         } else {

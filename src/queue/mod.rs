@@ -80,11 +80,15 @@ impl Broker {
             match tokio::spawn(async move { me.session(&mut session_stop).await }).await {
                 Ok(Ok(())) => return,
                 Ok(Err(e)) => {
-                    self.state.store(BROKER_DOWN, Ordering::Relaxed);
+                    if self.state.swap(BROKER_DOWN, Ordering::Relaxed) == BROKER_UP {
+                        backoff = Duration::from_millis(200); // it had worked: start the backoff over
+                    }
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker session ended; reconnecting");
                 }
                 Err(panic) => {
-                    self.state.store(BROKER_DOWN, Ordering::Relaxed);
+                    if self.state.swap(BROKER_DOWN, Ordering::Relaxed) == BROKER_UP {
+                        backoff = Duration::from_millis(200);
+                    }
                     tracing::error!(error = %panic, "broker session panicked; reconnecting");
                 }
             }

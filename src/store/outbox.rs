@@ -43,6 +43,7 @@ impl Drop for Lease {
 }
 
 const LEASE_ID: i64 = 0x0062_696c_6c6f_7574;
+const OUTBOX_ORDER_LOCK: i64 = 0x0062_696c_6c6f_7264;
 
 fn random_id() -> String {
     let mut b = [0u8; 12];
@@ -74,6 +75,11 @@ impl Store {
         data: Value,
         now: Ts,
     ) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            // Commit outbox rows in id order across transactions, so a reader paging by id (`GET /v1/events`)
+            // never sees a later id before an earlier one commits. Held until this transaction ends.
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(OUTBOX_ORDER_LOCK).execute(&mut **tx).await?;
+        }
         let event_id = random_id();
         let mut payload = json!({"id": event_id, "type": kind, "account": account, "at": format_rfc3339(now)});
         if let (Some(p), Value::Object(d)) = (payload.as_object_mut(), data) {

@@ -38,8 +38,11 @@ pub enum ParseError {
 pub fn parse_envelope(body: &[u8]) -> Result<Envelope, ParseError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| ParseError::NotJson(e.to_string()))?;
     let env: Envelope = serde_json::from_value(v).map_err(|e| ParseError::NotAnEvent(e.to_string()))?;
-    if env.id.is_empty() || env.kind.is_empty() {
-        return Err(ParseError::NotAnEvent("empty id or type".into()));
+    if env.id.is_empty() || env.kind.is_empty() || env.id.len() > 255 || env.kind.len() > 255 {
+        return Err(ParseError::NotAnEvent("id and type must be 1 to 255 characters".into()));
+    }
+    if env.id.contains('\0') || env.kind.contains('\0') {
+        return Err(ParseError::NotAnEvent("id and type must not contain NUL".into()));
     }
     Ok(env)
 }
