@@ -49,6 +49,7 @@ async fn each_command_type_is_applied_from_the_queue() {
     .await;
     assert_eq!(app.store.inbox_find("stripe", "evt_q").await.unwrap().unwrap().status, InboxStatus::Applied);
     app.shutdown().await;
+    cleanup(&p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,6 +97,7 @@ async fn the_same_message_five_times_has_one_effect_and_bad_ones_are_parked() {
     assert_eq!(failed.len(), 2);
     assert!(failed.iter().any(|r| r.kind == "account.renamed" && r.event_id.starts_with("msg_")), "known by its hash");
     app.shutdown().await;
+    cleanup(&p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,6 +128,7 @@ async fn a_command_for_a_locked_account_is_retried_not_lost() {
         .await;
     assert_eq!(balance(&app, "acc").await, Some(30));
     app.shutdown().await;
+    cleanup(&p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,6 +173,7 @@ async fn a_consumer_killed_between_commit_and_ack_gets_it_again_with_one_effect(
         .unwrap();
     assert_eq!(q.message_count(), 0, "and acked in the end");
     app.shutdown().await;
+    cleanup(&p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,6 +221,7 @@ async fn events_reach_an_external_consumer_in_order_for_each_account() {
         assert_eq!(got, expected, "{acc}: every event, in the order written");
     }
     app.shutdown().await;
+    cleanup(&p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,6 +275,7 @@ async fn a_command_that_keeps_failing_is_parked_and_dlq_requeue_brings_it_back()
     assert!(String::from_utf8_lossy(&out.stderr).contains("requeued 1/1"), "progress is shown");
     eventually("applied after requeue", 20, || async { balance(&app, "acc").await == Some(30) }).await;
     app.shutdown().await;
+    cleanup(&p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,4 +338,5 @@ async fn two_instances_on_one_postgres_publish_each_event_once_in_order() {
     assert_eq!(sum, total, "every command applied once across the two instances");
     second.shutdown().await;
     first.shutdown().await;
+    cleanup(&p).await;
 }

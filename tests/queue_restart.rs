@@ -114,4 +114,5 @@ async fn a_broker_restart_in_the_middle_of_5000_commands_loses_and_repeats_nothi
     assert!(missing.is_empty(), "{} of {} events never arrived", missing.len(), outbox.len());
     assert_eq!(app.call("GET", "/readyz", None, None).await.0, 200);
     app.shutdown().await;
+    cleanup(&p).await;
 }

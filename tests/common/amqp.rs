@@ -6,7 +6,7 @@ use super::{TestApp, spawn_app_with};
 use billing_worker::ledger::Ts;
 use futures_lite::StreamExt;
 use lapin::options::*;
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -81,8 +81,7 @@ pub async fn balance(app: &TestApp, account: &str) -> Option<i64> {
 /// Bind a durable queue to the events exchange and collect (account, event id) in arrival order.
 pub async fn event_queue(ch: &Channel, p: &str) -> String {
     let name = format!("{p}.test-events");
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    let args = FieldTable::default();
     ch.exchange_declare(
         format!("{p}.events").as_str().into(),
         lapin::ExchangeKind::Topic,
@@ -119,4 +118,15 @@ pub async fn drain(queue: &str, seen: &mut Vec<(String, String)>, quiet: Duratio
         let v: Value = serde_json::from_slice(&d.data).unwrap();
         seen.push((v["account"].as_str().unwrap_or("").to_owned(), v["id"].as_str().unwrap().to_owned()));
     }
+}
+
+/// Delete what a test declared under `prefix`, so test runs do not pile up queues on the shared broker.
+pub async fn cleanup(prefix: &str) {
+    let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await else { return };
+    let Ok(ch) = conn.create_channel().await else { return };
+    for q in ["commands", "commands.dead", "commands.retry.300ms", "commands.retry.600ms", "test-events"] {
+        let _ = ch.queue_delete(format!("{prefix}.{q}").as_str().into(), QueueDeleteOptions::default()).await;
+    }
+    let _ = ch.exchange_delete(format!("{prefix}.events").as_str().into(), ExchangeDeleteOptions::default()).await;
+    let _ = conn.close(200, "bye".into()).await;
 }
