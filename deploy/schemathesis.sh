@@ -23,6 +23,8 @@ api() { curl -sf -X POST -H "Authorization: Bearer $key" -H 'Content-Type: appli
 api /v1/commands '{"type":"account.created","id":"st-acc","account_id":"acc"}'
 api /v1/commands '{"type":"package.purchased","id":"st-pkg","account_id":"acc","package":"credits_500"}'
 api /v1/accounts/acc/members '{"user_id":"ann"}'
+# On the business plan, so the usage report (analytics only) is reached too.
+python3 deploy/schemathesis_seed.py "http://127.0.0.1:$port" whsec_schemathesis acc
 status=0
 "$venv/bin/schemathesis" --config-file deploy/schemathesis.toml run "http://127.0.0.1:$port/openapi.json" \
   -H "Authorization: Bearer $key" --max-examples "${SCHEMATHESIS_EXAMPLES:-40}" --generation-deterministic || status=$?
