@@ -100,27 +100,26 @@ async fn the_same_message_five_times_has_one_effect_and_bad_ones_are_parked() {
     cleanup(&p).await;
 }
 
+/// Create `acc` (5 credits), hold its row in a long transaction, and publish a purchase of 25 credits for it.
+async fn buy_while_locked(app: &TestApp, ch: &lapin::Channel, p: &str) -> sqlx::Transaction<'static, sqlx::Any> {
+    publish(ch, p, json!({"type": "account.created", "id": "a1", "account_id": "acc"}).to_string().as_bytes()).await;
+    eventually("account", 20, || async { balance(app, "acc").await == Some(5) }).await;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&app.db_url).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM accounts WHERE id = 'acc' FOR UPDATE").execute(&mut *tx).await.unwrap();
+    let buy = json!({"type": "package.purchased", "id": "buy", "account_id": "acc", "package": "credits_25"});
+    publish(ch, p, buy.to_string().as_bytes()).await;
+    tx
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_for_a_locked_account_is_retried_not_lost() {
     let p = prefix();
     let app = app("postgres", &p, t0()).await;
     ready(&app).await;
     let (_c, ch) = channel().await;
-    publish(&ch, &p, json!({"type": "account.created", "id": "a1", "account_id": "acc"}).to_string().as_bytes()).await;
-    eventually("account", 20, || async { balance(&app, "acc").await == Some(5) }).await;
-    // A long transaction holds the account row.
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&app.db_url).await.unwrap();
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query("SELECT id FROM accounts WHERE id = 'acc' FOR UPDATE").execute(&mut *tx).await.unwrap();
-    publish(
-        &ch,
-        &p,
-        json!({"type": "package.purchased", "id": "buy", "account_id": "acc", "package": "credits_25"})
-            .to_string()
-            .as_bytes(),
-    )
-    .await;
+    let tx = buy_while_locked(&app, &ch, &p).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(status_of(&app, "buy").await, None, "not applied while the account is locked");
     tx.commit().await.unwrap();
@@ -230,20 +229,7 @@ async fn a_command_that_keeps_failing_is_parked_and_dlq_requeue_brings_it_back()
     let app = app("postgres", &p, t0()).await;
     ready(&app).await;
     let (_c, ch) = channel().await;
-    publish(&ch, &p, json!({"type": "account.created", "id": "a1", "account_id": "acc"}).to_string().as_bytes()).await;
-    eventually("account", 20, || async { balance(&app, "acc").await == Some(5) }).await;
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&app.db_url).await.unwrap();
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query("SELECT id FROM accounts WHERE id = 'acc' FOR UPDATE").execute(&mut *tx).await.unwrap();
-    publish(
-        &ch,
-        &p,
-        json!({"type": "package.purchased", "id": "buy", "account_id": "acc", "package": "credits_25"})
-            .to_string()
-            .as_bytes(),
-    )
-    .await;
+    let tx = buy_while_locked(&app, &ch, &p).await;
     // Two retries (300 ms, 600 ms) while the lock is held, then parked.
     eventually("parked", 30, || async { status_of(&app, "buy").await == Some(InboxStatus::Failed) }).await;
     let dead = format!("{p}.commands.dead");

@@ -56,6 +56,21 @@ fn month(k: i64) -> Ts {
     add_months(t0(), k)
 }
 
+/// A Basic monthly subscription anchored at t0, created and its first invoice paid: 20 credits.
+async fn start_basic(app: &TestApp, shape: Shape) {
+    app.deliver(&sub_event(
+        "evt_c",
+        "customer.subscription.created",
+        t0(),
+        basic_price(),
+        t0(),
+        (t0(), month(1)),
+        shape,
+    ))
+    .await;
+    app.deliver(&paid("evt_p0", "subscription_create", "price_basic_m", (t0(), month(1)), shape)).await;
+}
+
 async fn debit(app: &TestApp, account: &str, key: &str, credits: i64) {
     let op = Op::Debit { key: key.into(), credits, user_id: Some("u".into()), operation: Some("chat.message".into()) };
     let req = Request {
@@ -160,17 +175,7 @@ async fn yearly_pro_events_three_months_late_allocate_every_month() {
 #[tokio::test]
 async fn upgrade_basic_to_pro_mid_cycle() {
     let app = spawn_app("sqlite", t0()).await;
-    app.deliver(&sub_event(
-        "evt_c",
-        "customer.subscription.created",
-        t0(),
-        basic_price(),
-        t0(),
-        (t0(), month(1)),
-        Shape::New,
-    ))
-    .await;
-    app.deliver(&paid("evt_p0", "subscription_create", "price_basic_m", (t0(), month(1)), Shape::New)).await;
+    start_basic(&app, Shape::New).await;
     let mid = t0() + 10 * DAY;
     app.clock.set(mid);
     app.deliver(&sub_event(
@@ -208,17 +213,7 @@ async fn upgrade_basic_to_pro_mid_cycle() {
 #[tokio::test]
 async fn cancellation_keeps_credits_to_the_end_of_the_paid_cycle() {
     let app = spawn_app("sqlite", t0()).await;
-    app.deliver(&sub_event(
-        "evt_c",
-        "customer.subscription.created",
-        t0(),
-        basic_price(),
-        t0(),
-        (t0(), month(1)),
-        Shape::New,
-    ))
-    .await;
-    app.deliver(&paid("evt_p0", "subscription_create", "price_basic_m", (t0(), month(1)), Shape::New)).await;
+    start_basic(&app, Shape::New).await;
     let pi = payment_intent("pi_pkg", Some("cus_1"), json!({"credits_package": "credits_25", "account_id": "acc_1"}));
     app.deliver(&event("evt_pi", "payment_intent.succeeded", t0() + 60, pi)).await;
     let ended = t0() + 5 * DAY;
@@ -296,17 +291,7 @@ async fn a_trial_grants_its_allocation_once_its_zero_invoice_is_paid() {
 #[tokio::test]
 async fn a_failed_payment_grants_nothing_and_paying_later_grants_it() {
     let app = spawn_app("sqlite", t0()).await;
-    app.deliver(&sub_event(
-        "evt_c",
-        "customer.subscription.created",
-        t0(),
-        basic_price(),
-        t0(),
-        (t0(), month(1)),
-        Shape::New,
-    ))
-    .await;
-    app.deliver(&paid("evt_p0", "subscription_create", "price_basic_m", (t0(), month(1)), Shape::New)).await;
+    start_basic(&app, Shape::New).await;
     app.clock.set(month(1) + 60);
     let line = Line { price: "price_basic_m", period: (month(1), month(2)), proration: false, amount: 999 };
     let failed = invoice("in_f", "sub_1", "cus_1", "subscription_cycle", &[line], Shape::New);
