@@ -6,7 +6,7 @@ use super::{Broker, QueueError};
 use crate::commands::{self, Outcome};
 use crate::store::StoreError;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicPublishOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation};
 use sha2::{Digest, Sha256};
@@ -106,8 +106,7 @@ impl Broker {
     async fn settle(&self, publish: &Channel, d: Delivery, v: Verdict) -> Result<(), QueueError> {
         let (queue, header, value) = match &v {
             Verdict::Ack => {
-                d.ack(BasicAckOptions::default()).await?;
-                return Ok(());
+                return super::ack(&d).await;
             }
             Verdict::Retry(n) => (&self.names.retry[*n].0, "x-retry-count", AMQPValue::LongLongInt(*n as i64 + 1)),
             Verdict::Park(reason) => {
@@ -117,15 +116,19 @@ impl Broker {
         let mut headers = d.properties.headers().clone().unwrap_or_default();
         headers.insert(header.into(), value);
         let props = d.properties.clone().with_headers(headers).with_delivery_mode(2);
-        let pending = publish
-            .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &d.data, props)
-            .await?;
+        let pending = super::timely(publish.basic_publish(
+            "".into(),
+            queue.as_str().into(),
+            BasicPublishOptions::default(),
+            &d.data,
+            props,
+        ))
+        .await?;
         let confirm = super::confirmed(pending).await?;
         if !matches!(confirm, Confirmation::Ack(_)) {
             return Err(QueueError::Nacked);
         }
-        d.ack(BasicAckOptions::default()).await?;
-        Ok(())
+        super::ack(&d).await
     }
 }
 

@@ -50,14 +50,29 @@ pub struct Broker {
     pub crash_before_ack: Arc<AtomicBool>,
 }
 
-/// How long a publisher confirm may take before the connection is taken for lost.
+/// How long a broker operation (a publish going out, an ack, a publisher confirm) may take before the
+/// connection is taken for lost.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Await a broker operation, at most [`CONFIRM_TIMEOUT`].
+pub async fn timely<T>(op: impl std::future::Future<Output = lapin::Result<T>>) -> Result<T, QueueError> {
+    match tokio::time::timeout(CONFIRM_TIMEOUT, op).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(QueueError::Timeout),
+    }
+}
 
 /// Await a publisher confirm, at most [`CONFIRM_TIMEOUT`].
 pub async fn confirmed(c: lapin::PublisherConfirm) -> Result<lapin::Confirmation, QueueError> {
-    match tokio::time::timeout(CONFIRM_TIMEOUT, c).await {
-        Ok(r) => Ok(r?),
-        Err(_) => Err(QueueError::Timeout),
+    timely(c).await
+}
+
+/// Ack a delivery; an acker the channel already poisoned did not ack, which ends the session (the broker
+/// delivers the message again).
+pub async fn ack(d: &lapin::message::Delivery) -> Result<(), QueueError> {
+    match timely(d.ack(lapin::options::BasicAckOptions::default())).await? {
+        true => Ok(()),
+        false => Err(QueueError::Closed),
     }
 }
 
@@ -118,35 +133,57 @@ impl Broker {
             .await?;
         self.state.store(BROKER_UP, Ordering::Relaxed);
         tracing::info!(queue = %self.names.commands, "consuming commands");
+        // The watchdog ends the session as soon as the connection is lost, wherever the work is waiting (an ack
+        // or a publish whose frame never goes out would otherwise hold it, and `/readyz`, forever). Dropping the
+        // work there is safe: nothing was acked that was not committed, and a command applied but not acked comes
+        // back and is recognised as a duplicate.
+        let result = tokio::select! {
+            r = self.work(&conn, &publish, &mut deliveries, stop) => r,
+            e = lost(&conn) => Err(e),
+        };
+        let _ = conn.close(200, "bye".into()).await;
+        result
+    }
+
+    async fn work(
+        &self,
+        conn: &Connection,
+        publish: &lapin::Channel,
+        deliveries: &mut lapin::Consumer,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), QueueError> {
         let mut lease: Option<Lease> = None;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
-        let result = loop {
+        loop {
             tokio::select! {
-                _ = stop.changed() => break Ok(()),
+                _ = stop.changed() => return Ok(()),
                 d = deliveries.next() => match d {
-                    Some(Ok(delivery)) => {
-                        if let Err(e) = self.handle(&publish, delivery).await {
-                            break Err(e);
-                        }
-                    }
-                    Some(Err(e)) => break Err(e.into()),
-                    None => break Err(QueueError::Closed),
+                    Some(Ok(delivery)) => self.handle(publish, delivery).await?,
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Err(QueueError::Closed),
                 },
                 _ = tick.tick() => {
                     if !conn.status().connected() {
-                        break Err(QueueError::Closed);
+                        return Err(QueueError::Closed);
                     }
-                    if let Err(e) = self.publish_outbox(&publish, &mut lease).await {
+                    if let Err(e) = self.publish_outbox(publish, &mut lease).await {
                         match e {
                             QueueError::Store(e) => tracing::warn!(error = %e, "outbox read failed; retrying"),
-                            other => break Err(other),
+                            other => return Err(other),
                         }
                     }
                 }
             }
-        };
-        drop(lease);
-        let _ = conn.close(200, "bye".into()).await;
-        result
+        }
+    }
+}
+
+/// Resolves once the connection is no longer up.
+async fn lost(conn: &Connection) -> QueueError {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if !conn.status().connected() {
+            return QueueError::Closed;
+        }
     }
 }

@@ -35,15 +35,14 @@ impl Broker {
                 .with_content_type("application/json".into())
                 .with_delivery_mode(2)
                 .with_type(r.kind.as_str().into());
-            let c = ch
-                .basic_publish(
-                    self.names.events.as_str().into(),
-                    r.kind.as_str().into(),
-                    BasicPublishOptions::default(),
-                    r.payload.as_bytes(),
-                    props,
-                )
-                .await?;
+            let c = super::timely(ch.basic_publish(
+                self.names.events.as_str().into(),
+                r.kind.as_str().into(),
+                BasicPublishOptions::default(),
+                r.payload.as_bytes(),
+                props,
+            ))
+            .await?;
             confirms.push((r.id, c));
         }
         let mut sent = Vec::with_capacity(confirms.len());
