@@ -5,7 +5,7 @@ use super::consumer::fresh_headers;
 use super::{Names, QueueError, connect, topology};
 use lapin::Confirmation;
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 
@@ -28,18 +28,17 @@ pub async fn requeue(
     while done < total {
         let Some(m) = ch.basic_get(names.dead.as_str().into(), BasicGetOptions { no_ack: false }).await? else { break };
         let props = m.delivery.properties.clone().with_headers(fresh_headers(m.delivery.properties.headers().as_ref()));
-        let pending = ch
-            .basic_publish(
-                "".into(),
-                names.commands.as_str().into(),
-                BasicPublishOptions::default(),
-                &m.delivery.data,
-                props,
-            )
-            .await?;
+        let pending = super::timely(ch.basic_publish(
+            "".into(),
+            names.commands.as_str().into(),
+            BasicPublishOptions::default(),
+            &m.delivery.data,
+            props,
+        ))
+        .await?;
         let c = super::confirmed(pending).await?;
         if matches!(c, Confirmation::Ack(_)) {
-            m.ack(BasicAckOptions::default()).await?;
+            super::ack(&m.delivery).await?;
         } else {
             m.nack(BasicNackOptions { multiple: false, requeue: true }).await?;
             return Err(QueueError::Nacked);
