@@ -241,6 +241,46 @@ async fn fifty_concurrent_debits_and_holds_postgres() {
     fifty_concurrent("postgres").await;
 }
 
+/// The plan is checked in the change's own transaction, after the first answer of a repeated key: a debit or
+/// hold made on Pro and repeated after the plan lapsed gets its first answer; a new one is refused.
+#[tokio::test]
+async fn a_repeat_after_the_plan_lapsed_gets_its_first_answer() {
+    let (app, admin, svc) = setup().await;
+    on_plan(&app, "acc", "pro", 50).await;
+    app.grant(&admin, "acc", 10).await;
+    let (debits, holds) = ("/v1/accounts/acc/debits", "/v1/accounts/acc/holds");
+    let hold = |key: &str| json!({"operation": "image.4k", "quantity": 1, "user_id": "u1", "idempotency_key": key});
+    let (s, first) = app.call("POST", debits, Some(&svc), Some(debit("image.4k", 1, "u1", "k1"))).await;
+    assert_eq!(s, 201, "4k is in Pro: {first}");
+    let (s, h) = app.call("POST", holds, Some(&svc), Some(hold("h1"))).await;
+    assert_eq!(s, 201, "{h}");
+    let cancel = Op::Cancel { subscription: "sub_acc".into(), at: t0() };
+    app.store
+        .execute(Request {
+            account: "acc".into(),
+            op: cancel,
+            cause: "test".into(),
+            key: None,
+            create: false,
+            now: t0(),
+        })
+        .await
+        .unwrap();
+    let balance = app.balance("acc").await;
+    let (s, again) = app.call("POST", debits, Some(&svc), Some(debit("image.4k", 1, "u1", "k1"))).await;
+    assert_eq!((s, &again), (201, &first), "the repeat gets the first answer, not a 403");
+    let (s, again) = app.call("POST", holds, Some(&svc), Some(hold("h1"))).await;
+    assert_eq!((s, &again["hold_id"]), (201, &h["hold_id"]), "the same hold");
+    let (s, b) = app.call("POST", debits, Some(&svc), Some(debit("image.4k", 1, "u1", "k2"))).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str(), b["error"]["message"].as_str()),
+        (403, Some("not_entitled"), Some("the free plan does not include image.4k"))
+    );
+    let (s, b) = app.call("POST", holds, Some(&svc), Some(hold("h2"))).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (403, Some("not_entitled")));
+    assert_eq!(app.balance("acc").await, balance, "neither the repeats nor the refusals changed the balance");
+}
+
 #[tokio::test]
 async fn holds_capture_release_and_deadline() {
     let (app, admin, svc) = setup().await;

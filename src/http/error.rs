@@ -105,6 +105,7 @@ impl From<RuleError> for ApiError {
             RuleError::NotAMember(u) => ApiError::NotAMember(u),
             RuleError::SeatLimit { seats } => ApiError::SeatLimit(seats),
             RuleError::UnknownHold(h) => ApiError::UnknownHold(h),
+            RuleError::NotEntitled { .. } => ApiError::NotEntitled(e.to_string()),
             RuleError::HoldNotActive { .. } | RuleError::CaptureTooLarge { .. } => ApiError::Hold(e.to_string()),
             other => ApiError::BadRequest(other.to_string()),
         }

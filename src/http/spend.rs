@@ -4,7 +4,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{Body, Service};
 use super::views::*;
-use crate::ledger::{HoldStatus, Op};
+use crate::ledger::{Account, HoldStatus, Op, RuleError};
 use crate::store::{Outcome, Request};
 use crate::time::format_rfc3339;
 use axum::Json;
@@ -39,13 +39,17 @@ fn non_empty(field: &str, v: &str) -> Result<(), ApiError> {
 }
 
 /// Refuse operations the account's plan does not include (an 8k image on Basic).
-async fn check_entitled(app: &AppState, account: &str, operation: &str) -> Result<(), ApiError> {
-    let view = app.store.account(account, app.clock.now()).await?;
-    let plan = app.config.catalog.plan_or_free(&view.plan);
-    if !app.config.catalog.entitled(plan, operation) {
-        return Err(ApiError::NotEntitled(format!("the {} plan does not include {operation}", view.plan)));
+/// Refuses an operation the account's plan in force does not include, checked in the change's own transaction.
+fn entitled<'a>(app: &'a AppState, operation: &'a str) -> impl Fn(&Account) -> Result<(), RuleError> + Sync + 'a {
+    move |a| {
+        let catalog = &app.config.catalog;
+        let plan = a.plan();
+        if catalog.entitled(catalog.plan_or_free(&plan), operation) {
+            Ok(())
+        } else {
+            Err(RuleError::NotEntitled { plan, operation: operation.into() })
+        }
     }
-    Ok(())
 }
 
 #[utoipa::path(post, path = "/v1/quote", request_body = QuoteRequest, security(("bearer" = [])),
@@ -75,28 +79,23 @@ pub async fn debit(
     non_empty("user_id", &d.user_id)?;
     let (quantity, credits) = price(&app, &d.operation, d.quantity)?;
     let fingerprint = serde_json::json!(["debit", d.operation, quantity, d.user_id]).to_string();
-    let debit_id = stable_id("dbt", &account, &d.idempotency_key);
-    // A repeat gets the first answer, whatever changed since (a plan change does not turn it into a 403).
-    if let Some(first) = app.store.effect(&account, &format!("debit:{}", d.idempotency_key), &fingerprint).await? {
-        app.metrics.debit(false, credits);
-        return Ok((StatusCode::CREATED, Json(Debit { debit_id, credits: first.credits, balance: first.balance })));
-    }
-    check_entitled(&app, &account, &d.operation).await?;
     let op = Op::Debit {
         key: d.idempotency_key.clone(),
         credits,
         user_id: Some(d.user_id.clone()),
         operation: Some(d.operation.clone()),
     };
+    let cause = format!("debit:{}", d.idempotency_key);
     let req = Request {
         account: account.clone(),
         op,
-        cause: format!("debit:{}", d.idempotency_key),
-        key: Some((format!("debit:{}", d.idempotency_key), fingerprint)),
+        cause: cause.clone(),
+        key: Some((cause, fingerprint)),
         create: false,
         now: app.clock.now(),
     };
-    let out = app.store.execute(req).await?;
+    // A repeat gets the first answer before the plan is checked: a plan change does not turn it into a 403.
+    let out = app.store.execute_checked(req, &entitled(&app, &d.operation)).await?;
     app.metrics.debit(matches!(out, Outcome::Applied(_)), credits);
     let a = out.applied();
     Ok((
@@ -126,7 +125,6 @@ pub async fn hold(
     if !(1..=86_400).contains(&ttl) {
         return Err(ApiError::BadRequest(format!("ttl_secs must be between 1 and 86400, got {ttl}")));
     }
-    check_entitled(&app, &account, &h.operation).await?;
     let key = match &h.idempotency_key {
         Some(k) => {
             non_empty("idempotency_key", k)?;
@@ -156,7 +154,7 @@ pub async fn hold(
         create: false,
         now,
     };
-    app.store.execute(req).await?;
+    app.store.execute_checked(req, &entitled(&app, &h.operation)).await?;
     Ok((StatusCode::CREATED, Json(hold_view(&app, &id).await?)))
 }
 

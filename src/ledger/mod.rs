@@ -182,7 +182,12 @@ pub enum RuleError {
     BadUser,
     #[error("invalid refund: refunded {refunded} of {total}")]
     InvalidRefund { refunded: i64, total: i64 },
+    #[error("the {plan} plan does not include {operation}")]
+    NotEntitled { plan: String, operation: String },
 }
+
+/// A precondition on an account, checked by [`Account::apply_checked`].
+pub type Check<'a> = &'a (dyn Fn(&Account) -> Result<(), RuleError> + Sync);
 
 /// A change to an account. Every variant carries what makes it idempotent or is idempotent by nature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,8 +311,15 @@ impl Account {
     /// Apply due work up to `now`, then `op`, then due work again (an op can make work due, such as a late
     /// payment for an ended cycle or credits released into an expired lot). On a refusal nothing changes.
     pub fn apply(&mut self, op: &Op, now: Ts, cause: &str) -> Result<Applied, RuleError> {
+        self.apply_checked(op, now, cause, &|_| Ok(()))
+    }
+
+    /// [`Account::apply`] with a precondition (such as "the plan in force includes this operation") checked on
+    /// the account after its due work, so the check and the change see the same state.
+    pub fn apply_checked(&mut self, op: &Op, now: Ts, cause: &str, check: Check) -> Result<Applied, RuleError> {
         // Due work stands even when the op is refused: it was owed anyway.
         self.apply_due(now);
+        check(self)?;
         let snapshot = self.clone();
         match self.apply_op(op, now, cause) {
             Ok(credits) => {

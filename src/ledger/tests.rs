@@ -441,3 +441,23 @@ fn a_refund_while_credits_are_held_does_not_hand_them_back() {
     assert_eq!(b.balance, 30);
     check_invariants(&b);
 }
+
+#[test]
+fn a_check_sees_the_account_after_its_due_work_and_a_refusal_keeps_only_that() {
+    let anchor = t("2026-01-15T10:00:00Z");
+    let mut a = subscribed(basic(), anchor, 2);
+    let now = add_months(anchor, 1);
+    let mut due_only = a.clone();
+    ok(&mut due_only, Op::Tick, now);
+    let seen = std::sync::Mutex::new(None);
+    let refuse = |acc: &Account| {
+        *seen.lock().unwrap() = Some(acc.balance);
+        Err(RuleError::NotEntitled { plan: acc.plan(), operation: "chat.message".into() })
+    };
+    let e = a.apply_checked(&debit(1, "k"), now, "test", &refuse).unwrap_err();
+    assert_eq!(e.to_string(), "the basic plan does not include chat.message");
+    assert_eq!(*seen.lock().unwrap(), Some(40), "the check ran after the second month's allocation");
+    assert_eq!(a, due_only, "refused: the due work stands, the debit does not");
+    let done = a.apply_checked(&debit(1, "k"), now, "test", &|_| Ok(())).unwrap();
+    assert_eq!(done.balance, 39);
+}

@@ -2,7 +2,7 @@
 //! write back what changed with the new entries and the idempotency key, commit.
 
 use super::{Backend, Store, StoreError};
-use crate::ledger::{Account, Applied, Hold, HoldStatus, Lot, Op, Source, Subscription, Ts};
+use crate::ledger::{Account, Applied, Check, Hold, HoldStatus, Lot, Op, Source, Subscription, Ts};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use std::collections::HashMap;
@@ -48,10 +48,16 @@ struct Loaded {
 
 impl Store {
     /// Apply `req` in one transaction, serialized with every other change to the account.
-    #[tracing::instrument(skip_all, fields(account = %req.account, cause = %req.cause))]
     pub async fn execute(&self, req: Request) -> Result<Outcome, StoreError> {
+        self.execute_checked(req, &|_| Ok(())).await
+    }
+
+    /// [`Store::execute`] refused by `check` on the account as loaded and brought up to date (a repeat of an
+    /// idempotency key gets its first answer before any check).
+    #[tracing::instrument(skip_all, fields(account = %req.account, cause = %req.cause))]
+    pub async fn execute_checked(&self, req: Request, check: Check<'_>) -> Result<Outcome, StoreError> {
         let mut tx = self.begin_write().await?;
-        let result = self.execute_in(&mut tx, req).await;
+        let result = self.execute_in_checked(&mut tx, req, check).await;
         match &result {
             // A refusal by the rules still keeps the due work found on the way: it was owed anyway.
             Ok(_) | Err(StoreError::Rule(_)) => tx.commit().await?,
@@ -63,6 +69,15 @@ impl Store {
     /// Apply `req` inside the caller's write transaction (from [`Store::begin_write`]), so it commits together
     /// with whatever else the caller writes (the inbox row of the event that caused it).
     pub async fn execute_in(&self, tx: &mut Transaction<'static, Any>, req: Request) -> Result<Outcome, StoreError> {
+        self.execute_in_checked(tx, req, &|_| Ok(())).await
+    }
+
+    async fn execute_in_checked(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        req: Request,
+        check: Check<'_>,
+    ) -> Result<Outcome, StoreError> {
         let now = req.now;
         if req.create {
             sqlx::query(
@@ -100,7 +115,7 @@ impl Store {
         // Counted when written (a rolled-back transaction may count entries that did not stay; the metric is
         // an operational signal, the ledger is the record).
         let m = crate::metrics::global();
-        let result = loaded.account.apply(&req.op, now, &req.cause);
+        let result = loaded.account.apply_checked(&req.op, now, &req.cause, check);
         save(tx, &loaded, now).await?;
         for e in &loaded.account.entries {
             m.entry(e.kind.as_str(), e.amount);

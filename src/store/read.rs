@@ -189,27 +189,3 @@ fn entry_row(r: &sqlx::any::AnyRow) -> Result<EntryRow, StoreError> {
         shortfall: r.try_get(9)?,
     })
 }
-
-impl Store {
-    /// The stored answer of idempotency key `key` on `account`: `None` when unused; a conflict when it was used
-    /// with another request.
-    pub async fn effect(
-        &self,
-        account: &str,
-        key: &str,
-        fingerprint: &str,
-    ) -> Result<Option<crate::ledger::Applied>, StoreError> {
-        let row = sqlx::query("SELECT request, response FROM effects WHERE account_id = $1 AND key = $2")
-            .bind(account)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let request: Option<String> = row.try_get(0)?;
-        if request.as_deref() != Some(fingerprint) {
-            return Err(StoreError::KeyConflict(key.into()));
-        }
-        let response: String = row.try_get(1)?;
-        serde_json::from_str(&response).map(Some).map_err(|e| StoreError::Corrupt(e.to_string()))
-    }
-}
