@@ -4,7 +4,7 @@
 
 use crate::catalog::Catalog;
 use crate::ledger::{Op, Source};
-use crate::store::{InboxStatus, Request, Store, StoreError};
+use crate::store::{InboxRow, InboxStatus, Request, Store, StoreError};
 use crate::stripe::Intake;
 use crate::stripe::event::parse_envelope;
 use crate::time::{Ts, parse_rfc3339};
@@ -157,6 +157,13 @@ pub struct Outcome {
     pub balance: Option<i64>,
 }
 
+impl Outcome {
+    /// The outcome of a command decided before.
+    fn seen(id: String, status: InboxStatus, detail: Option<String>) -> Self {
+        Outcome { id, status, duplicate: true, detail, credits: None, balance: None }
+    }
+}
+
 #[derive(Clone)]
 pub struct Commander {
     pub store: Store,
@@ -175,40 +182,32 @@ impl Commander {
             return self.stripe_event(cmd, raw, payload, signature.as_deref(), now).await;
         }
         if let Some(row) = self.store.inbox_find(SOURCE, &cmd.id).await? {
-            if matches!(row.status, InboxStatus::Failed | InboxStatus::Waiting) {
-                // Sent again after it failed (requeued from the parking queue, or posted again): another try.
-                return self.replay(row.id, now).await;
-            }
-            return Ok(Outcome {
-                id: cmd.id.clone(),
-                status: row.status,
-                duplicate: true,
-                detail: row.detail,
-                credits: None,
-                balance: None,
-            });
+            return self.seen(row, now).await;
         }
         let mut tx = self.store.begin_write().await?;
         let name = cmd.kind.name();
         let Some(row) =
             self.store.inbox_insert(&mut tx, SOURCE, &cmd.id, name, raw, now, InboxStatus::Received, None, now).await?
         else {
+            // Another delivery stored it first.
             tx.rollback().await?;
             let row = self
                 .store
                 .inbox_find(SOURCE, &cmd.id)
                 .await?
                 .ok_or_else(|| StoreError::Corrupt("inbox row vanished".into()))?;
-            return Ok(Outcome {
-                id: cmd.id.clone(),
-                status: row.status,
-                duplicate: true,
-                detail: row.detail,
-                credits: None,
-                balance: None,
-            });
+            return self.seen(row, now).await;
         };
         self.decide(tx, row, cmd, raw, now, true).await
+    }
+
+    /// A command whose id is stored already: its first outcome, or another try when it failed or waits.
+    async fn seen(&self, row: InboxRow, now: Ts) -> Result<Outcome, StoreError> {
+        if matches!(row.status, InboxStatus::Failed | InboxStatus::Waiting) {
+            // Sent again after it failed (requeued from the parking queue, or posted again): another try.
+            return self.replay(row.id, now).await;
+        }
+        Ok(Outcome::seen(row.event_id, row.status, row.detail))
     }
 
     /// Decide a stored command again (replay of a failed one). An applied one changes nothing.
@@ -219,14 +218,7 @@ impl Commander {
             .inbox_lock(&mut tx, row_id)
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("no inbox row {row_id}")))?;
-        let dup = |status, detail| Outcome {
-            id: row.event_id.clone(),
-            status,
-            duplicate: true,
-            detail,
-            credits: None,
-            balance: None,
-        };
+        let dup = |status, detail| Outcome::seen(row.event_id.clone(), status, detail);
         if matches!(row.status, InboxStatus::Applied | InboxStatus::Ignored) {
             return Ok(dup(row.status, row.detail.clone()));
         }
