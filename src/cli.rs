@@ -299,8 +299,5 @@ pub fn redact(url: &str) -> String {
 
 /// The store as the configuration wants it (migrated, low-balance threshold, lock timeout).
 pub async fn open_store(config: &Config) -> Result<Store, crate::store::StoreError> {
-    Ok(Store::open(&config.database_url)
-        .await?
-        .with_low_balance(config.balance_low)
-        .with_lock_timeout(config.lock_timeout_ms))
+    Store::open_with(&config.database_url, config.store_options()).await
 }

@@ -2,13 +2,13 @@
 //! Long runs print their progress on stderr.
 
 use crate::config::Config;
+use crate::inbox::Receipt;
 use crate::store::{InboxFilter, InboxStatus, Store};
+use crate::stripe::Intake;
 use crate::stripe::api::StripeApi;
 use crate::stripe::event::parse_envelope;
-use crate::stripe::{Decision, Intake};
 use crate::time::{Ts, format_rfc3339, now};
 use std::io::Write;
-use std::sync::Arc;
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -44,28 +44,30 @@ impl Progress {
 }
 
 pub fn intake(config: &Config, store: Store) -> Result<Intake, AnyError> {
-    let api = match &config.stripe_api_key {
-        Some(key) => Some(StripeApi::new(&config.stripe_api_base, key)?),
-        None => None,
-    };
-    Ok(Intake { store, catalog: Arc::new(config.catalog.clone()), api })
+    Ok(crate::serve::services(config, &store)?.0)
+}
+
+/// What a replay came to.
+pub struct Replayed {
+    pub status: InboxStatus,
+    pub detail: Option<String>,
+    pub duplicate: bool,
+}
+
+impl From<Receipt> for Replayed {
+    fn from(r: Receipt) -> Self {
+        Replayed { status: r.status, detail: r.detail, duplicate: r.duplicate }
+    }
 }
 
 /// Replay one inbox row with the intake (Stripe events) or the commander (queue commands).
-async fn replay_row(config: &Config, store: &Store, id: i64, source: &str) -> Result<Decision, AnyError> {
-    let intake = intake(config, store.clone())?;
+async fn replay_row(config: &Config, store: &Store, id: i64, source: &str) -> Result<Replayed, AnyError> {
+    let (intake, commander) = crate::serve::services(config, store)?;
     if source == crate::commands::SOURCE {
-        let commander = crate::commands::Commander {
-            store: store.clone(),
-            catalog: intake.catalog.clone(),
-            intake: intake.clone(),
-            webhook_secrets: config.webhook_secrets.clone(),
-            require_signature: config.queue_require_signature,
-        };
         let o = commander.replay(id, now()).await?;
-        return Ok(Decision { id, status: o.status, detail: o.detail, duplicate: o.duplicate });
+        return Ok(Replayed { status: o.status, detail: o.detail, duplicate: o.duplicate });
     }
-    Ok(intake.replay(id, now()).await?)
+    Ok(intake.replay(id, now()).await?.into())
 }
 
 pub async fn failed_list(config: &Config, source: Option<String>) -> Result<(), AnyError> {
@@ -96,7 +98,7 @@ pub async fn failed_list(config: &Config, source: Option<String>) -> Result<(), 
     Ok(())
 }
 
-fn describe(d: &Decision) -> String {
+fn describe(d: &Replayed) -> String {
     let outcome = match (d.duplicate, d.status) {
         (true, InboxStatus::Applied | InboxStatus::Ignored) => "already_applied",
         (_, InboxStatus::Applied) => "applied",
@@ -168,7 +170,9 @@ pub async fn backfill(config: &Config, since: Ts) -> Result<(), AnyError> {
     for e in &events {
         let text = serde_json::to_string(e)?;
         let outcome = match parse_envelope(text.as_bytes()) {
-            Ok(env) => describe(&intake.receive(&env, &text, now()).await?).split(':').next().unwrap_or("").to_owned(),
+            Ok(env) => {
+                describe(&intake.receive(&env, &text, now()).await?.into()).split(':').next().unwrap_or("").to_owned()
+            }
             Err(_) => "unreadable".to_owned(),
         };
         *counts.entry(outcome).or_default() += 1;

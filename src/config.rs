@@ -34,6 +34,25 @@ pub struct Config {
     pub balance_low: i64,
     /// How long a change waits for a locked account before it fails as transient (PostgreSQL).
     pub lock_timeout_ms: u64,
+    /// A waiting event or command still waiting this long after it was first seen becomes failed.
+    pub wait_horizon_secs: u64,
+    /// Group commit: writer lanes on PostgreSQL, jobs per batch, and how long a lane waits to fill a batch.
+    pub write_lanes: usize,
+    pub batch_max: usize,
+    pub batch_wait_us: u64,
+}
+
+impl Config {
+    /// How the store writes.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            low_balance: self.balance_low,
+            lock_timeout_ms: self.lock_timeout_ms,
+            lanes: self.write_lanes,
+            max_batch: self.batch_max,
+            gather: std::time::Duration::from_micros(self.batch_wait_us),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +162,28 @@ impl Config {
             return Err(invalid("BILLING_LOCK_TIMEOUT_MS", "must be between 1 and 2147483647"));
         }
 
+        let wait_horizon_secs = parse_u64(get("BILLING_WAIT_HORIZON_SECS"), "BILLING_WAIT_HORIZON_SECS", 259_200)?;
+        if !(1..=31_536_000).contains(&wait_horizon_secs) {
+            return Err(invalid("BILLING_WAIT_HORIZON_SECS", "must be between 1 and 31536000 (a year)"));
+        }
+        let write_lanes = parse_u64(get("BILLING_WRITE_LANES"), "BILLING_WRITE_LANES", 4)?;
+        if !(1..=64).contains(&write_lanes) {
+            return Err(invalid("BILLING_WRITE_LANES", "must be between 1 and 64"));
+        }
+        let batch_max = parse_u64(get("BILLING_BATCH_MAX"), "BILLING_BATCH_MAX", 256)?;
+        if !(1..=10_000).contains(&batch_max) {
+            return Err(invalid("BILLING_BATCH_MAX", "must be between 1 and 10000"));
+        }
+        let batch_wait_us = parse_u64(get("BILLING_BATCH_WAIT_US"), "BILLING_BATCH_WAIT_US", 0)?;
+        if batch_wait_us > 100_000 {
+            return Err(invalid("BILLING_BATCH_WAIT_US", "must be at most 100000 (0.1 s)"));
+        }
+
         Ok(Config {
+            wait_horizon_secs,
+            write_lanes: write_lanes as usize,
+            batch_max: batch_max as usize,
+            batch_wait_us,
             amqp_prefix,
             amqp_prefetch: amqp_prefetch as u16,
             retry_delays_ms,
@@ -214,6 +254,10 @@ mod tests {
             ("BILLING_LOCK_TIMEOUT_MS", "99999999999"),
             ("BILLING_TICK_SECS", "999999999999"),
             ("BILLING_QUEUE_REQUIRE_SIGNATURE", "maybe"),
+            ("BILLING_WAIT_HORIZON_SECS", "0"),
+            ("BILLING_WRITE_LANES", "0"),
+            ("BILLING_BATCH_MAX", "100000"),
+            ("BILLING_BATCH_WAIT_US", "1000000"),
             ("BILLING_CONFIG", "/nonexistent/catalog.toml"),
         ] {
             let e = cfg(&[(var, val)]).unwrap_err().to_string();

@@ -81,6 +81,12 @@ impl Registry {
         }
     }
 
+    /// A batch of `jobs` changes committed together (group commit).
+    pub fn batch(&self, jobs: usize) {
+        self.inc("billing_write_batches_total", "Write batches committed", vec![], 1.0);
+        self.inc("billing_write_batch_jobs_total", "Changes committed in write batches", vec![], jobs as f64);
+    }
+
     /// Ledger entries written, by kind, and the credits they moved.
     pub fn entry(&self, kind: &str, amount: i64) {
         self.inc(

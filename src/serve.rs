@@ -34,20 +34,28 @@ impl Running {
     }
 }
 
-pub fn state(config: Config, store: Store, clock: Clock) -> Result<AppState, AnyError> {
+/// The Stripe intake and the commander of a configuration, on `store`.
+pub fn services(config: &Config, store: &Store) -> Result<(Intake, Commander), AnyError> {
     let api = match &config.stripe_api_key {
         Some(key) => Some(StripeApi::new(&config.stripe_api_base, key)?),
         None => None,
     };
     let catalog = Arc::new(config.catalog.clone());
-    let intake = Intake { store: store.clone(), catalog: catalog.clone(), api };
-    let commander = Commander {
-        store: store.clone(),
+    let horizon = config.wait_horizon_secs as i64;
+    let intake = Intake::new(store.clone(), catalog.clone(), api, horizon);
+    let commander = Commander::new(
+        store.clone(),
         catalog,
-        intake: intake.clone(),
-        webhook_secrets: config.webhook_secrets.clone(),
-        require_signature: config.queue_require_signature,
-    };
+        intake.clone(),
+        config.webhook_secrets.clone(),
+        config.queue_require_signature,
+        horizon,
+    );
+    Ok((intake, commander))
+}
+
+pub fn state(config: Config, store: Store, clock: Clock) -> Result<AppState, AnyError> {
+    let (intake, commander) = services(&config, &store)?;
     Ok(AppState {
         store,
         intake,
@@ -61,10 +69,7 @@ pub fn state(config: Config, store: Store, clock: Clock) -> Result<AppState, Any
 
 /// Open the store, bind `config.listen` (port 0 picks one) and serve until [`Running::shutdown`].
 pub async fn start(config: Config, clock: Clock) -> Result<Running, AnyError> {
-    let store = Store::open(&config.database_url)
-        .await?
-        .with_low_balance(config.balance_low)
-        .with_lock_timeout(config.lock_timeout_ms);
+    let store = Store::open_with(&config.database_url, config.store_options()).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let tick_every = Duration::from_secs(config.tick_interval_secs);
@@ -115,7 +120,7 @@ async fn background(state: AppState, every: Duration, mut stopped: watch::Receiv
                     Ok(n) => tracing::info!(accounts = n, "due work applied"),
                     Err(e) => tracing::warn!(error = %e, "tick failed; retrying at the next interval"),
                 }
-                if let Err(e) = state.intake.retry_waiting(now).await {
+                if let Err(e) = crate::retry::due(&state.intake, &state.commander, now).await {
                     tracing::warn!(error = %e, "retry of waiting events failed");
                 }
             }

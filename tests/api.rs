@@ -3,7 +3,7 @@
 mod common;
 
 use billing_worker::ledger::{Op, PlanTerms, Ts};
-use billing_worker::store::Request;
+use billing_worker::store::{OnMissing, Request};
 use billing_worker::time::parse_rfc3339;
 use common::{TestApp, spawn_app};
 use serde_json::{Value, json};
@@ -31,7 +31,14 @@ async fn on_plan(app: &TestApp, account: &str, plan: &str, monthly: i64) {
         terms: PlanTerms { plan: plan.into(), monthly, cap: monthly * 2 },
     };
     app.store
-        .execute(Request { account: account.into(), op, cause: "test".into(), key: None, create: true, now: t0() })
+        .execute(Request {
+            account: account.into(),
+            op,
+            cause: "test".into(),
+            key: None,
+            on_missing: OnMissing::Create,
+            now: t0(),
+        })
         .await
         .unwrap();
 }
@@ -261,7 +268,7 @@ async fn a_repeat_after_the_plan_lapsed_gets_its_first_answer() {
             op: cancel,
             cause: "test".into(),
             key: None,
-            create: false,
+            on_missing: OnMissing::Refuse,
             now: t0(),
         })
         .await

@@ -120,16 +120,22 @@ async fn bad_commands_are_refused_with_a_reason_and_change_nothing() {
     for cmd in [
         json!({"type": "stripe.event", "id": "f1", "payload": payload, "signature": forged}),
         json!({"type": "usage.recorded", "id": "f2", "account_id": "acc", "user_id": "u", "operation": "image.8k", "quantity": 5}),
-        json!({"type": "usage.recorded", "id": "f3", "account_id": "nobody", "user_id": "u", "operation": "chat.message"}),
         json!({"type": "usage.recorded", "id": "f4", "account_id": "acc", "user_id": "u", "operation": "teleport"}),
     ] {
         let (s, r) = send(&app, &admin, cmd.clone()).await;
         assert_eq!((s, r["error"]["code"].as_str()), (422, Some("command_failed")), "{cmd}: {r}");
     }
+    // For an account that does not exist: kept waiting for its account.created, not failed, nothing created.
+    let cmd = json!({"type": "usage.recorded", "id": "f3", "account_id": "nobody", "user_id": "u", "operation": "chat.message"});
+    let (s, r) = send(&app, &admin, cmd).await;
+    assert_eq!((s, r["status"].as_str()), (200, Some("waiting")), "{r}");
+    assert!(r["detail"].as_str().unwrap().starts_with("unknown_account"), "{r}");
+    let (s, _) = app.call("GET", "/v1/accounts/nobody/balance", Some(&admin), None).await;
+    assert_eq!(s, 404);
     assert_eq!(app.balance("acc").await, 5);
     let (_, failed) = app.call("GET", "/v1/admin/failed-events?source=queue", Some(&admin), None).await;
     let ids: Vec<&str> = failed["items"].as_array().unwrap().iter().map(|i| i["event_id"].as_str().unwrap()).collect();
-    assert_eq!(ids, vec!["f1", "f2", "f3", "f4"]);
+    assert_eq!(ids, vec!["f1", "f2", "f4", "f3"]);
     // The commands after them still apply; and a failed usage replays once credits are there.
     app.grant(&admin, "acc", 20).await;
     let (_, r) = app.call("POST", "/v1/admin/failed-events/f2/replay", Some(&admin), None).await;

@@ -91,7 +91,9 @@ async fn the_same_message_five_times_has_one_effect_and_bad_ones_are_parked() {
         }
     }
     assert_eq!(reasons.len(), 2, "{reasons:?}");
-    assert!(reasons[0].contains("not JSON") && reasons[1].contains("unknown command type"), "{reasons:?}");
+    // Settled by their own tasks, so in either order.
+    assert!(reasons.iter().any(|r| r.contains("not JSON")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("unknown command type")), "{reasons:?}");
     let failed =
         app.store.inbox_list(&InboxFilter { status: Some(InboxStatus::Failed), ..Default::default() }).await.unwrap();
     assert_eq!(failed.len(), 2);
@@ -162,15 +164,20 @@ async fn a_consumer_killed_between_commit_and_ack_gets_it_again_with_one_effect(
     .await;
     assert!(!broker.crash_before_ack.load(std::sync::atomic::Ordering::SeqCst), "the crash happened");
     assert_eq!(balance(&app, "acc").await, Some(106), "applied once although delivered twice");
-    let q = ch
-        .queue_declare(
-            format!("{p}.commands").as_str().into(),
-            QueueDeclareOptions::default().passive(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(q.message_count(), 0, "and acked in the end");
+    // The deliveries in flight when the connection dropped come back and are acked as duplicates.
+    eventually("every delivery acked in the end", 30, || async {
+        let q = ch
+            .queue_declare(
+                format!("{p}.commands").as_str().into(),
+                QueueDeclareOptions::default().passive(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        q.message_count() == 0
+    })
+    .await;
+    assert_eq!(balance(&app, "acc").await, Some(106), "still applied once");
     app.shutdown().await;
     cleanup(&p).await;
 }

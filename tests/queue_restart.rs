@@ -33,6 +33,14 @@ async fn a_broker_restart_in_the_middle_of_5000_commands_loses_and_repeats_nothi
     const ACCOUNTS: usize = 20;
     const N: usize = 5000;
     for a in 0..ACCOUNTS {
+        publish(
+            &ch,
+            &p,
+            json!({"type": "account.created", "id": format!("a{a}"), "account_id": format!("acc{a}")})
+                .to_string()
+                .as_bytes(),
+        )
+        .await;
         publish(&ch, &p, json!({"type": "package.purchased", "id": format!("p{a}"), "account_id": format!("acc{a}"), "package": "credits_500", "quantity": 2}).to_string().as_bytes()).await;
     }
     // Publish everything first (confirmed, so durable in the quorum queue), in chunks to bound memory.
@@ -91,13 +99,13 @@ async fn a_broker_restart_in_the_middle_of_5000_commands_loses_and_repeats_nothi
     let mid = applied().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     rabbitmqctl(&["start_app"]);
-    eventually("every command applied", 240, || async { applied().await == N + ACCOUNTS }).await;
-    assert!(mid < N + ACCOUNTS, "the restart came in the middle ({mid} applied by then)");
+    eventually("every command applied", 240, || async { applied().await == N + 2 * ACCOUNTS }).await;
+    assert!(mid < N + 2 * ACCOUNTS, "the restart came in the middle ({mid} applied by then)");
     for a in 0..ACCOUNTS {
         assert_eq!(
             balance(&app, &format!("acc{a}")).await,
-            Some(1000 - (N / ACCOUNTS) as i64),
-            "acc{a}: each usage debited once"
+            Some(5 + 1000 - (N / ACCOUNTS) as i64),
+            "acc{a}: signup, the package, and each usage debited once"
         );
     }
     eventually("the outbox published", 120, || async { app.store.outbox_unpublished(1).await.unwrap().is_empty() })

@@ -3,7 +3,7 @@
 mod common;
 
 use billing_worker::ledger::{Account, Op, PlanTerms, RuleError, Source, Ts};
-use billing_worker::store::{Outcome, Request, Store, StoreError};
+use billing_worker::store::{IdempotencyKey, OnMissing, Outcome, Request, Store, StoreError};
 use billing_worker::time::{add_months, parse_rfc3339};
 
 fn t(s: &str) -> Ts {
@@ -15,14 +15,14 @@ fn basic() -> PlanTerms {
 }
 
 fn req(account: &str, op: Op, now: Ts) -> Request {
-    Request { account: account.into(), op, cause: "test".into(), key: None, create: true, now }
+    Request { account: account.into(), op, cause: "test".into(), key: None, on_missing: OnMissing::Create, now }
 }
 
 fn debit(account: &str, key: &str, credits: i64, now: Ts) -> Request {
     let op = Op::Debit { key: key.into(), credits, user_id: Some("u".into()), operation: Some("chat.message".into()) };
     Request {
-        key: Some((format!("debit:{key}"), format!("{credits}"))),
-        create: false,
+        key: Some(IdempotencyKey { key: format!("debit:{key}"), fingerprint: format!("{credits}") }),
+        on_missing: OnMissing::Refuse,
         cause: format!("debit:{key}"),
         ..req(account, op, now)
     }
@@ -156,7 +156,12 @@ async fn team_members_are_kept_and_checked(store: Store) {
     let third = store.execute(req("team", Op::AddMember { user_id: "cy".into(), seats: Some(2) }, 2)).await;
     assert!(matches!(third, Err(StoreError::Rule(RuleError::SeatLimit { seats: 2 }))), "{third:?}");
     let op = Op::Debit { key: "k1".into(), credits: 1, user_id: Some("cy".into()), operation: None };
-    let r = store.execute(Request { key: Some(("k1".into(), "1".into())), ..req("team", op, 3) }).await;
+    let r = store
+        .execute(Request {
+            key: Some(IdempotencyKey { key: "k1".into(), fingerprint: "1".into() }),
+            ..req("team", op, 3)
+        })
+        .await;
     assert!(matches!(r, Err(StoreError::Rule(RuleError::NotAMember(_)))), "{r:?}");
     store.execute(req("team", Op::RemoveMember { user_id: "bob".into() }, 4)).await.unwrap();
     let v = store.account("team", 5).await.unwrap();
@@ -240,7 +245,14 @@ async fn store_matches_the_rules_and_repeats_change_nothing(store: Store) {
         let sub = Op::Subscribe { id: "sub".into(), anchor, terms: basic() };
         model.apply(&sub, now, "test").unwrap();
         store
-            .execute(Request { account: acc.clone(), op: sub, cause: "test".into(), key: None, create: true, now })
+            .execute(Request {
+                account: acc.clone(),
+                op: sub,
+                cause: "test".into(),
+                key: None,
+                on_missing: OnMissing::Create,
+                now,
+            })
             .await
             .unwrap();
         for i in 0..30 {
@@ -250,8 +262,8 @@ async fn store_matches_the_rules_and_repeats_change_nothing(store: Store) {
                 account: acc.clone(),
                 op,
                 cause: "test".into(),
-                key: key.map(|k| (k, "fp".into())),
-                create: false,
+                key: key.map(|k| IdempotencyKey { key: k, fingerprint: "fp".into() }),
+                on_missing: OnMissing::Refuse,
                 now,
             };
             let r_op = r.op.clone();

@@ -123,7 +123,7 @@ async fn an_unknown_price_fails_and_grants_after_the_catalog_learns_it() {
     assert_eq!(app.balance("acc_1").await, 100);
     // The operator adds the package and replays.
     let catalog = billing_worker::catalog::Catalog::with_overlay("[packages.credits_1000]\ncredits = 1000\n").unwrap();
-    let intake = Intake { store: app.store.clone(), catalog: Arc::new(catalog), api: None };
+    let intake = Intake::new(app.store.clone(), Arc::new(catalog), None, 259_200);
     let row = app.store.inbox_find("stripe", "evt_pkg").await.unwrap().unwrap();
     let d = intake.replay(row.id, t0() + 60).await.unwrap();
     assert_eq!(d.status, InboxStatus::Applied);

@@ -4,7 +4,7 @@
 mod common;
 
 use billing_worker::ledger::{Op, Ts};
-use billing_worker::store::{Request, StoreError};
+use billing_worker::store::{IdempotencyKey, OnMissing, Request, StoreError};
 use billing_worker::time::{add_months, parse_rfc3339};
 use common::stripe::{Line, Shape, Sub, charge, checkout, event, invoice, payment_intent, price, subscription};
 use common::{TestApp, spawn_app};
@@ -77,8 +77,8 @@ async fn debit(app: &TestApp, account: &str, key: &str, credits: i64) {
         account: account.into(),
         op,
         cause: format!("debit:{key}"),
-        key: Some((key.into(), "x".into())),
-        create: false,
+        key: Some(IdempotencyKey { key: key.into(), fingerprint: "x".into() }),
+        on_missing: OnMissing::Refuse,
         now: app.clock.now(),
     };
     app.store.execute(req).await.unwrap();
@@ -364,7 +364,14 @@ async fn unknown_store_account_is_an_error_not_a_creation() {
     let op = Op::Debit { key: "k".into(), credits: 1, user_id: None, operation: None };
     let r = app
         .store
-        .execute(Request { account: "nobody".into(), op, cause: "t".into(), key: None, create: false, now: t0() })
+        .execute(Request {
+            account: "nobody".into(),
+            op,
+            cause: "t".into(),
+            key: None,
+            on_missing: OnMissing::Refuse,
+            now: t0(),
+        })
         .await;
     assert!(matches!(r, Err(StoreError::UnknownAccount(_))));
     app.shutdown().await;

@@ -204,7 +204,7 @@ pub async fn add_member(
             op,
             cause: format!("member:{}", m.user_id),
             key: None,
-            create: false,
+            on_missing: crate::store::OnMissing::Refuse,
             now: app.clock.now(),
         })
         .await?;
@@ -226,7 +226,7 @@ pub async fn remove_member(
             op,
             cause: format!("member:{user}"),
             key: None,
-            create: false,
+            on_missing: crate::store::OnMissing::Refuse,
             now: app.clock.now(),
         })
         .await;

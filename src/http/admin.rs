@@ -6,7 +6,7 @@ use super::extract::{Admin, Body, Query, Service};
 use super::views::*;
 use crate::catalog::Catalog;
 use crate::ledger::Op;
-use crate::store::{InboxFilter, InboxStatus, Request};
+use crate::store::{IdempotencyKey, InboxFilter, InboxStatus, OnMissing, Request};
 use crate::time::format_rfc3339;
 use axum::Json;
 use axum::body::Bytes;
@@ -45,8 +45,11 @@ pub async fn adjust(
         account,
         op: Op::Adjust { key: format!("http:{}", a.idempotency_key), credits: a.credits },
         cause: format!("adjustment:{} ({})", a.idempotency_key, a.reason),
-        key: Some((format!("adjust:{}", a.idempotency_key), serde_json::json!([a.credits, a.reason]).to_string())),
-        create: false,
+        key: Some(IdempotencyKey {
+            key: format!("adjust:{}", a.idempotency_key),
+            fingerprint: serde_json::json!([a.credits, a.reason]).to_string(),
+        }),
+        on_missing: OnMissing::Refuse,
         now: app.clock.now(),
     };
     let out = app.store.execute(req).await?;
@@ -171,11 +174,11 @@ pub async fn events(
     let after = super::extract::cursor("after", q.after.as_deref())?;
     let limit = super::extract::limit(q.limit)?;
     let rows = app.store.outbox_page(after, limit).await?;
-    let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.id.to_string())).flatten();
+    let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.pos.to_string())).flatten();
     let events = rows
         .into_iter()
         .map(|r| OutEvent {
-            cursor: r.id,
+            cursor: r.pos,
             id: r.event_id,
             kind: r.kind,
             account: r.account_id,

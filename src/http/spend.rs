@@ -4,8 +4,8 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{Body, Service};
 use super::views::*;
-use crate::ledger::{Account, HoldStatus, Op, RuleError};
-use crate::store::{Outcome, Request};
+use crate::ledger::{Account, Hold, Op, RuleError};
+use crate::store::{Guard, IdempotencyKey, OnMissing, Outcome, Request};
 use crate::time::format_rfc3339;
 use axum::Json;
 use axum::extract::{Path, State};
@@ -38,18 +38,25 @@ fn non_empty(field: &str, v: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Refuse operations the account's plan does not include (an 8k image on Basic).
-/// Refuses an operation the account's plan in force does not include, checked in the change's own transaction.
-fn entitled<'a>(app: &'a AppState, operation: &'a str) -> impl Fn(&Account) -> Result<(), RuleError> + Sync + 'a {
-    move |a| {
-        let catalog = &app.config.catalog;
+/// Refuses an operation the account's plan in force does not include (an 8k image on Basic), checked in the
+/// change's own batch on the account brought up to date.
+fn entitled(app: &AppState, operation: &str) -> Guard {
+    let (config, operation) = (app.config.clone(), operation.to_owned());
+    std::sync::Arc::new(move |a: &Account| {
+        let catalog = &config.catalog;
         let plan = a.plan();
-        if catalog.entitled(catalog.plan_or_free(&plan), operation) {
+        if catalog.entitled(catalog.plan_or_free(&plan), &operation) {
             Ok(())
         } else {
-            Err(RuleError::NotEntitled { plan, operation: operation.into() })
+            Err(RuleError::NotEntitled { plan, operation: operation.clone() })
         }
-    }
+    })
+}
+
+/// A hold as the change left it, with the account's balance.
+fn hold_of(id: &str) -> impl Fn(&Account) -> Option<(Hold, i64)> + Send + Sync + 'static {
+    let id = id.to_owned();
+    move |a| a.holds.iter().find(|h| h.id == id).map(|h| (h.clone(), a.balance))
 }
 
 #[utoipa::path(post, path = "/v1/quote", request_body = QuoteRequest, security(("bearer" = [])),
@@ -90,12 +97,12 @@ pub async fn debit(
         account: account.clone(),
         op,
         cause: cause.clone(),
-        key: Some((cause, fingerprint)),
-        create: false,
+        key: Some(IdempotencyKey { key: cause, fingerprint }),
+        on_missing: OnMissing::Refuse,
         now: app.clock.now(),
     };
     // A repeat gets the first answer before the plan is checked: a plan change does not turn it into a 403.
-    let out = app.store.execute_checked(req, &entitled(&app, &d.operation)).await?;
+    let out = app.store.execute_guarded(req, Some(entitled(&app, &d.operation))).await?;
     app.metrics.debit(matches!(out, Outcome::Applied(_)), credits);
     let a = out.applied();
     Ok((
@@ -150,27 +157,27 @@ pub async fn hold(
         account: account.clone(),
         op,
         cause: format!("hold:{id}"),
-        key: Some((format!("hold:{key}"), fingerprint)),
-        create: false,
+        key: Some(IdempotencyKey { key: format!("hold:{key}"), fingerprint }),
+        on_missing: OnMissing::Refuse,
         now,
     };
-    app.store.execute_checked(req, &entitled(&app, &h.operation)).await?;
-    Ok((StatusCode::CREATED, Json(hold_view(&app, &id).await?)))
+    let (_, seen) = app.store.execute_with(req, Some(entitled(&app, &h.operation)), hold_of(&id)).await?;
+    Ok((StatusCode::CREATED, Json(hold_view(&app, &id, &account, seen).await?)))
 }
 
-async fn hold_view(app: &AppState, id: &str) -> Result<HoldView, ApiError> {
-    let (account, h) = app.store.hold(id).await?.ok_or_else(|| ApiError::UnknownHold(id.into()))?;
-    let balance = app.store.account(&account, app.clock.now()).await?.balance;
-    let status = match h.status {
-        HoldStatus::Active => "active",
-        HoldStatus::Captured => "captured",
-        HoldStatus::Released => "released",
-        HoldStatus::Expired => "expired",
+/// The answer about a hold: as the change left it, or as stored (a repeat whose hold has moved on).
+async fn hold_view(app: &AppState, id: &str, account: &str, seen: Option<(Hold, i64)>) -> Result<HoldView, ApiError> {
+    let (h, balance) = match seen {
+        Some(v) => v,
+        None => {
+            let (_, h) = app.store.hold(id).await?.ok_or_else(|| ApiError::UnknownHold(id.into()))?;
+            (h, app.store.account(account, app.clock.now()).await?.balance)
+        }
     };
     Ok(HoldView {
         hold_id: h.id,
-        account,
-        status: status.into(),
+        account: account.to_owned(),
+        status: h.status.as_str().into(),
         credits: h.amount,
         expires_at: format_rfc3339(h.deadline),
         balance,
@@ -199,15 +206,15 @@ pub async fn capture(
         return Err(ApiError::BadRequest(format!("credits must be 0 or more, got {credits}")));
     }
     let req = Request {
-        account,
+        account: account.clone(),
         op: Op::HoldCapture { id: id.clone(), credits },
         cause: format!("hold:{id}"),
         key: None,
-        create: false,
+        on_missing: OnMissing::Refuse,
         now: app.clock.now(),
     };
-    app.store.execute(req).await?;
-    Ok(Json(hold_view(&app, &id).await?))
+    let (_, seen) = app.store.execute_with(req, None, hold_of(&id)).await?;
+    Ok(Json(hold_view(&app, &id, &account, seen).await?))
 }
 
 #[utoipa::path(post, path = "/v1/holds/{id}/release", security(("bearer" = [])), params(("id" = String, Path)),
@@ -220,13 +227,13 @@ pub async fn release(
 ) -> Result<Json<HoldView>, ApiError> {
     let (account, _) = app.store.hold(&id).await?.ok_or_else(|| ApiError::UnknownHold(id.clone()))?;
     let req = Request {
-        account,
+        account: account.clone(),
         op: Op::HoldRelease { id: id.clone() },
         cause: format!("hold:{id}"),
         key: None,
-        create: false,
+        on_missing: OnMissing::Refuse,
         now: app.clock.now(),
     };
-    app.store.execute(req).await?;
-    Ok(Json(hold_view(&app, &id).await?))
+    let (_, seen) = app.store.execute_with(req, None, hold_of(&id)).await?;
+    Ok(Json(hold_view(&app, &id, &account, seen).await?))
 }

@@ -138,6 +138,17 @@ pub enum HoldStatus {
     Expired,
 }
 
+impl HoldStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldStatus::Active => "active",
+            HoldStatus::Captured => "captured",
+            HoldStatus::Released => "released",
+            HoldStatus::Expired => "expired",
+        }
+    }
+}
+
 /// A subscription as far as credits care: its plan terms, billing anchor, paid periods and cycle progress.
 pub use cycle::Subscription;
 

@@ -71,35 +71,47 @@ fn message_key(d: &Delivery) -> String {
 }
 
 impl Broker {
-    pub(super) async fn handle(&self, publish: &Channel, d: Delivery) -> Result<(), QueueError> {
+    /// Start handling a delivery: its command is queued to the writer now; the returned task settles it.
+    pub(super) fn handle(
+        &self,
+        publish: Channel,
+        d: Delivery,
+    ) -> impl std::future::Future<Output = Result<(), QueueError>> + Send + 'static {
+        let me = self.clone();
         let now = self.clock.now();
         let retried = retried(&d.properties);
         // Stored as text: a NUL (which PostgreSQL refuses in text) is replaced, so even such a message is kept.
         let raw = String::from_utf8_lossy(&d.data).replace('\0', "\u{FFFD}");
-        let outcome = match commands::parse(&d.data) {
+        let decided = match commands::parse(&d.data) {
             Err(e) => Err(Failure::Malformed(e.to_string())),
-            Ok(cmd) => self.commander.apply(&cmd, &raw, now).await.map_err(Failure::Transient),
+            Ok(cmd) => Ok(self.commander.apply(&cmd, &raw, now)),
         };
-        if let Ok(o) = &outcome {
-            self.commander.store_metrics(o);
-        }
-        let v = verdict(&outcome, retried, self.names.retry.len());
-        if let Verdict::Park(reason) = &v {
-            // Kept as a failed event too, so `failed list` and replay see it. A message that did not parse is
-            // known by its hash: a corrected message with the same id is a new command, not a repeat of this one.
-            let kind = serde_json::from_slice::<serde_json::Value>(&d.data)
-                .ok()
-                .and_then(|v| v.get("type")?.as_str().map(str::to_owned));
-            let key = match &outcome {
-                Err(Failure::Malformed(_)) => hash_key(&d.data),
-                _ => message_key(&d),
+        async move {
+            let outcome = match decided {
+                Err(f) => Err(f),
+                Ok(pending) => pending.await.map_err(Failure::Transient),
             };
-            self.commander.keep_failed(&key, kind.as_deref().unwrap_or("unknown"), &raw, reason, now).await?;
+            if let Ok(o) = &outcome {
+                me.commander.store_metrics(o);
+            }
+            let v = verdict(&outcome, retried, me.names.retry.len());
+            if let Verdict::Park(reason) = &v {
+                // Kept as a failed event too, so `failed list` and replay see it. A message that did not parse is
+                // known by its hash: a corrected message with the same id is a new command, not a repeat of it.
+                let kind = serde_json::from_slice::<serde_json::Value>(&d.data)
+                    .ok()
+                    .and_then(|v| v.get("type")?.as_str().map(str::to_owned));
+                let key = match &outcome {
+                    Err(Failure::Malformed(_)) => hash_key(&d.data),
+                    _ => message_key(&d),
+                };
+                me.commander.keep_failed(&key, kind.as_deref().unwrap_or("unknown"), &raw, reason, now).await?;
+            }
+            if v == Verdict::Ack && me.crash_before_ack.swap(false, Ordering::SeqCst) {
+                return Err(QueueError::SimulatedCrash);
+            }
+            me.settle(&publish, d, v).await
         }
-        if v == Verdict::Ack && self.crash_before_ack.swap(false, Ordering::SeqCst) {
-            return Err(QueueError::SimulatedCrash);
-        }
-        self.settle(publish, d, v).await
     }
 
     /// The one place a delivery is acked, retried or parked.

@@ -152,28 +152,72 @@ impl Broker {
         deliveries: &mut lapin::Consumer,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), QueueError> {
-        let mut lease: Option<Lease> = None;
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tokio::select! {
+            r = self.consume(conn, publish, deliveries, stop) => r,
+            r = self.publish_loop(publish) => r,
+        }
+    }
+
+    /// Take deliveries while fewer than the prefetch are in flight: each is queued to the writer when it
+    /// arrives (so one account's commands apply in queue order) and settled by its own task once decided.
+    async fn consume(
+        &self,
+        conn: &Connection,
+        publish: &lapin::Channel,
+        deliveries: &mut lapin::Consumer,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), QueueError> {
+        let mut inflight: tokio::task::JoinSet<Result<(), QueueError>> = tokio::task::JoinSet::new();
+        let cap = self.prefetch.max(1) as usize;
+        let mut check = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
-                _ = stop.changed() => return Ok(()),
-                d = deliveries.next() => match d {
-                    Some(Ok(delivery)) => self.handle(publish, delivery).await?,
+                _ = stop.changed() => {
+                    // Finish what is in flight (it is acked after its commit); the rest stays with the broker.
+                    while let Some(r) = inflight.join_next().await {
+                        settled(r)?;
+                    }
+                    return Ok(());
+                }
+                d = deliveries.next(), if inflight.len() < cap => match d {
+                    Some(Ok(delivery)) => {
+                        inflight.spawn(self.handle(publish.clone(), delivery));
+                    }
                     Some(Err(e)) => return Err(e.into()),
                     None => return Err(QueueError::Closed),
                 },
-                _ = tick.tick() => {
+                Some(r) = inflight.join_next(), if !inflight.is_empty() => settled(r)?,
+                _ = check.tick() => {
                     if !conn.status().connected() {
                         return Err(QueueError::Closed);
                     }
-                    if let Err(e) = self.publish_outbox(publish, &mut lease).await {
-                        match e {
-                            QueueError::Store(e) => tracing::warn!(error = %e, "outbox read failed; retrying"),
-                            other => return Err(other),
-                        }
-                    }
                 }
             }
+        }
+    }
+
+    /// Publish the outbox whenever there is something to publish (under the lease).
+    async fn publish_loop(&self, publish: &lapin::Channel) -> Result<(), QueueError> {
+        let mut lease: Option<Lease> = None;
+        loop {
+            match self.publish_outbox(publish, &mut lease).await {
+                Ok(n) if n >= publisher::BATCH as usize => continue,
+                Ok(_) => {}
+                Err(QueueError::Store(e)) => tracing::warn!(error = %e, "outbox read failed; retrying"),
+                Err(other) => return Err(other),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The end of a delivery's task: its error ends the session; a panic too (the broker delivers again).
+fn settled(r: Result<Result<(), QueueError>, tokio::task::JoinError>) -> Result<(), QueueError> {
+    match r {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "a delivery's task panicked");
+            Err(QueueError::Closed)
         }
     }
 }

@@ -7,7 +7,8 @@ use crate::store::Lease;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Confirmation};
 
-const BATCH: i64 = 500;
+/// Events read and published at a time.
+pub const BATCH: i64 = 1000;
 
 impl Broker {
     pub(super) async fn publish_outbox(&self, ch: &Channel, lease: &mut Option<Lease>) -> Result<usize, QueueError> {

@@ -1,13 +1,13 @@
 //! The inbox of received events (stored once per source and event id, with their outcome) and the Stripe facts
-//! events leave behind: which account a customer belongs to, and the price objects seen.
+//! events leave behind: which account a customer belongs to, and the price objects seen. The protocol around it
+//! (store, decide, record) is [`crate::inbox`].
 
+use super::batch::Tx;
 use super::{Backend, Store, StoreError};
 use crate::time::Ts;
 use serde::Serialize;
+use sqlx::Row;
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
-
-type Tx = Transaction<'static, Any>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -32,7 +32,8 @@ impl InboxStatus {
             InboxStatus::Failed => "failed",
         }
     }
-    fn parse(s: &str) -> Self {
+
+    pub fn parse(s: &str) -> Self {
         match s {
             "applied" => InboxStatus::Applied,
             "ignored" => InboxStatus::Ignored,
@@ -40,6 +41,11 @@ impl InboxStatus {
             "failed" => InboxStatus::Failed,
             _ => InboxStatus::Received,
         }
+    }
+
+    /// Applied and ignored events are decided for good: deciding them again changes nothing.
+    pub fn is_final(self) -> bool {
+        matches!(self, InboxStatus::Applied | InboxStatus::Ignored)
     }
 }
 
@@ -61,25 +67,29 @@ pub struct InboxRow {
     pub event_created: Ts,
     pub first_seen: Ts,
     pub last_seen: Ts,
+    /// When a waiting row is tried again.
+    pub next_attempt_at: Option<Ts>,
 }
 
-const COLUMNS: &str = "id, source, event_id, type, payload, status, detail, waiting_for, account_id, attempts, event_created, first_seen, last_seen";
+const COLUMNS: &str = "id, source, event_id, type, payload, status, detail, waiting_for, account_id, attempts, \
+                       event_created, first_seen, last_seen, next_attempt_at";
 
 fn row(r: &AnyRow) -> Result<InboxRow, StoreError> {
     Ok(InboxRow {
-        id: r.try_get(0)?,
-        source: r.try_get(1)?,
-        event_id: r.try_get(2)?,
-        kind: r.try_get(3)?,
-        payload: r.try_get(4)?,
-        status: InboxStatus::parse(&r.try_get::<String, _>(5)?),
-        detail: r.try_get(6)?,
-        waiting_for: r.try_get(7)?,
-        account_id: r.try_get(8)?,
-        attempts: r.try_get(9)?,
-        event_created: r.try_get(10)?,
-        first_seen: r.try_get(11)?,
-        last_seen: r.try_get(12)?,
+        id: r.try_get("id")?,
+        source: r.try_get("source")?,
+        event_id: r.try_get("event_id")?,
+        kind: r.try_get("type")?,
+        payload: r.try_get("payload")?,
+        status: InboxStatus::parse(&r.try_get::<String, _>("status")?),
+        detail: r.try_get("detail")?,
+        waiting_for: r.try_get("waiting_for")?,
+        account_id: r.try_get("account_id")?,
+        attempts: r.try_get("attempts")?,
+        event_created: r.try_get("event_created")?,
+        first_seen: r.try_get("first_seen")?,
+        last_seen: r.try_get("last_seen")?,
+        next_attempt_at: r.try_get("next_attempt_at")?,
     })
 }
 
@@ -95,6 +105,29 @@ pub struct InboxFilter {
     pub since: Option<Ts>,
     pub after_id: i64,
     pub limit: i64,
+}
+
+/// A new inbox row.
+#[derive(Debug, Clone)]
+pub struct NewEvent<'a> {
+    pub source: &'a str,
+    pub event_id: &'a str,
+    pub kind: &'a str,
+    pub payload: &'a str,
+    pub created: Ts,
+}
+
+/// The outcome to record on a row.
+#[derive(Debug, Clone)]
+pub struct Record<'a> {
+    pub status: InboxStatus,
+    pub detail: Option<&'a str>,
+    pub waiting_for: Option<&'a str>,
+    pub account: Option<&'a str>,
+    pub next_attempt_at: Option<Ts>,
+    /// Count this decision as another attempt (a re-decision).
+    pub again: bool,
+    pub now: Ts,
 }
 
 impl Store {
@@ -146,101 +179,123 @@ impl Store {
         Ok(ids)
     }
 
-    /// Store a new event; `None` when it was stored before.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn inbox_insert(
-        &self,
-        tx: &mut Tx,
-        source: &str,
-        event_id: &str,
-        kind: &str,
-        payload: &str,
-        created: Ts,
-        status: InboxStatus,
-        detail: Option<&str>,
-        now: Ts,
-    ) -> Result<Option<i64>, StoreError> {
-        let id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO inbox (source, event_id, type, payload, status, detail, event_created, first_seen, last_seen) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT (source, event_id) DO NOTHING RETURNING id",
-        )
-        .bind(source)
-        .bind(event_id)
-        .bind(kind)
-        .bind(payload)
-        .bind(status.as_str())
-        .bind(detail)
-        .bind(created)
-        .bind(now)
-        .fetch_optional(&mut **tx)
-        .await?;
-        Ok(id)
+    /// Up to `limit` waiting rows due to be tried again by `now`, oldest due first.
+    pub async fn inbox_due(&self, now: Ts, limit: i64) -> Result<Vec<(i64, String)>, StoreError> {
+        let q = sqlx::query(
+            "SELECT id, source FROM inbox WHERE status = 'waiting' AND next_attempt_at <= $1 \
+             ORDER BY next_attempt_at, id LIMIT $2",
+        );
+        let rows = q.bind(now).bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("source")?))).collect()
     }
 
-    /// Lock a row for deciding it again (replay, or a fact that arrived).
-    pub async fn inbox_lock(&self, tx: &mut Tx, id: i64) -> Result<Option<InboxRow>, StoreError> {
-        let lock = if self.backend == Backend::Postgres { " FOR UPDATE" } else { "" };
-        let q = sql(format!("SELECT {COLUMNS} FROM inbox WHERE id = $1{lock}"));
-        sqlx::query(q).bind(id).fetch_optional(&mut **tx).await?.as_ref().map(row).transpose()
+    /// How many rows have each status (for metrics and the console).
+    pub async fn inbox_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM inbox GROUP BY status").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((r.try_get("status")?, r.try_get("n")?))).collect()
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    pub async fn inbox_set(
-        &self,
-        tx: &mut Tx,
-        id: i64,
-        status: InboxStatus,
-        detail: Option<&str>,
-        waiting_for: Option<&str>,
-        account: Option<&str>,
-        now: Ts,
-        new_attempt: bool,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE inbox SET status = $2, detail = $3, waiting_for = $4, account_id = COALESCE($5, account_id), \
-             last_seen = $6, attempts = attempts + $7 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(status.as_str())
-        .bind(detail)
-        .bind(waiting_for)
-        .bind(account)
-        .bind(now)
-        .bind(new_attempt as i64)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
+/// The row of `source`/`event_id` as this transaction sees it.
+pub async fn find(tx: &mut Tx, source: &str, event_id: &str) -> Result<Option<InboxRow>, StoreError> {
+    let q = sql(format!("SELECT {COLUMNS} FROM inbox WHERE source = $1 AND event_id = $2"));
+    sqlx::query(q).bind(source).bind(event_id).fetch_optional(&mut **tx).await?.as_ref().map(row).transpose()
+}
 
-    /// Note another delivery of a stored event.
-    pub async fn inbox_seen(&self, id: i64, now: Ts) -> Result<(), StoreError> {
-        sqlx::query("UPDATE inbox SET last_seen = $2 WHERE id = $1").bind(id).bind(now).execute(&self.pool).await?;
-        Ok(())
-    }
+/// A row by id as this transaction sees it.
+pub async fn find_by_id(tx: &mut Tx, id: i64) -> Result<Option<InboxRow>, StoreError> {
+    let q = sql(format!("SELECT {COLUMNS} FROM inbox WHERE id = $1"));
+    sqlx::query(q).bind(id).fetch_optional(&mut **tx).await?.as_ref().map(row).transpose()
+}
 
-    pub async fn link_customer(&self, tx: &mut Tx, customer: &str, account: &str, now: Ts) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO stripe_customers (customer_id, account_id, linked_at) VALUES ($1, $2, $3) ON CONFLICT (customer_id) DO NOTHING",
-        )
-        .bind(customer)
-        .bind(account)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
+/// Store a new event as received; `None` when it is stored already.
+pub async fn insert(tx: &mut Tx, ev: &NewEvent<'_>, now: Ts) -> Result<Option<i64>, StoreError> {
+    let id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO inbox (source, event_id, type, payload, status, event_created, first_seen, last_seen) \
+         VALUES ($1, $2, $3, $4, 'received', $5, $6, $6) ON CONFLICT (source, event_id) DO NOTHING RETURNING id",
+    )
+    .bind(ev.source)
+    .bind(ev.event_id)
+    .bind(ev.kind)
+    .bind(ev.payload)
+    .bind(ev.created)
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(id)
+}
 
-    pub async fn customer_account(&self, tx: &mut Tx, customer: &str) -> Result<Option<String>, StoreError> {
-        let q = sqlx::query_scalar("SELECT account_id FROM stripe_customers WHERE customer_id = $1");
-        Ok(q.bind(customer).fetch_optional(&mut **tx).await?)
-    }
+/// Lock a row to decide it again; `None` when it does not exist or another transaction holds it (deciding it
+/// now: its outcome will be recorded there).
+pub async fn lock(tx: &mut Tx, backend: Backend, id: i64) -> Result<Option<InboxRow>, StoreError> {
+    let lock = if backend == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
+    let q = sql(format!("SELECT {COLUMNS} FROM inbox WHERE id = $1{lock}"));
+    sqlx::query(q).bind(id).fetch_optional(&mut **tx).await?.as_ref().map(row).transpose()
+}
 
-    pub async fn subscription_account(&self, tx: &mut Tx, subscription: &str) -> Result<Option<String>, StoreError> {
-        let q =
-            sqlx::query_scalar("SELECT account_id FROM subscriptions WHERE id = $1 ORDER BY updated_at DESC LIMIT 1");
-        Ok(q.bind(subscription).fetch_optional(&mut **tx).await?)
-    }
+/// Record an outcome on row `id` if it is still in status `from` (compare-and-set); false when it is not.
+pub async fn record(tx: &mut Tx, id: i64, from: InboxStatus, r: &Record<'_>) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE inbox SET status = $3, detail = $4, waiting_for = $5, account_id = COALESCE($6, account_id), \
+         last_seen = $7, attempts = attempts + $8, next_attempt_at = $9 WHERE id = $1 AND status = $2",
+    )
+    .bind(id)
+    .bind(from.as_str())
+    .bind(r.status.as_str())
+    .bind(r.detail)
+    .bind(r.waiting_for)
+    .bind(r.account)
+    .bind(r.now)
+    .bind(r.again as i64)
+    .bind(r.next_attempt_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
 
+/// Note another delivery of a stored event.
+pub async fn seen(tx: &mut Tx, id: i64, now: Ts) -> Result<(), StoreError> {
+    sqlx::query("UPDATE inbox SET last_seen = $2 WHERE id = $1").bind(id).bind(now).execute(&mut **tx).await?;
+    Ok(())
+}
+
+pub async fn link_customer(tx: &mut Tx, customer: &str, account: &str, now: Ts) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO stripe_customers (customer_id, account_id, linked_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (customer_id) DO NOTHING",
+    )
+    .bind(customer)
+    .bind(account)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn customer_account(tx: &mut Tx, customer: &str) -> Result<Option<String>, StoreError> {
+    let q = sqlx::query_scalar("SELECT account_id FROM stripe_customers WHERE customer_id = $1");
+    Ok(q.bind(customer).fetch_optional(&mut **tx).await?)
+}
+
+pub async fn record_price(tx: &mut Tx, id: &str, object: &str, now: Ts) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO stripe_prices (id, object, seen_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (id) DO UPDATE SET object = excluded.object, seen_at = excluded.seen_at",
+    )
+    .bind(id)
+    .bind(object)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn price_object(tx: &mut Tx, id: &str) -> Result<Option<String>, StoreError> {
+    let q = sqlx::query_scalar("SELECT object FROM stripe_prices WHERE id = $1");
+    Ok(q.bind(id).fetch_optional(&mut **tx).await?)
+}
+
+impl Store {
     /// Whether any account has this subscription (read outside a transaction).
     pub async fn subscription_exists(&self, subscription: &str) -> Result<bool, StoreError> {
         let q = sqlx::query_scalar("SELECT COUNT(*) FROM subscriptions WHERE id = $1");
@@ -248,27 +303,9 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// The account holding the lot bought by `payment`.
-    pub async fn payment_account(&self, tx: &mut Tx, payment: &str) -> Result<Option<String>, StoreError> {
-        let q = sqlx::query_scalar("SELECT account_id FROM lots WHERE id = $1 LIMIT 1");
-        Ok(q.bind(payment).fetch_optional(&mut **tx).await?)
-    }
-
-    pub async fn record_price(&self, tx: &mut Tx, id: &str, object: &str, now: Ts) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO stripe_prices (id, object, seen_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (id) DO UPDATE SET object = excluded.object, seen_at = excluded.seen_at",
-        )
-        .bind(id)
-        .bind(object)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-
-    pub async fn price_object(&self, tx: &mut Tx, id: &str) -> Result<Option<String>, StoreError> {
-        let q = sqlx::query_scalar("SELECT object FROM stripe_prices WHERE id = $1");
-        Ok(q.bind(id).fetch_optional(&mut **tx).await?)
+    /// The account a Stripe customer is linked to (read outside a transaction).
+    pub async fn customer_link(&self, customer: &str) -> Result<Option<String>, StoreError> {
+        let q = sqlx::query_scalar("SELECT account_id FROM stripe_customers WHERE customer_id = $1");
+        Ok(q.bind(customer).fetch_optional(&self.pool).await?)
     }
 }

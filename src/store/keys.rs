@@ -1,11 +1,53 @@
 //! API keys. A key is `bwk_<id>_<secret>`; the id finds the row, and the secret is checked against its stored
 //! SHA-256 in constant time. Only the hash is kept, so a leaked database leaks no usable key.
+//!
+//! Why a cache: every API call presents its key, and a database read per call costs more than the debit it
+//! authorizes. A key's row is remembered for [`KEY_TTL`], so a revocation (on any instance, or from the command
+//! line) takes effect within that time everywhere, and at once on the instance that revoked it.
 
 use super::{Store, StoreError};
 use crate::time::Ts;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a key's row is trusted from memory.
+pub const KEY_TTL: Duration = Duration::from_secs(2);
+
+/// Key rows by id, as read at `Instant` (`None`: no such key).
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    rows: Mutex<HashMap<String, (Instant, Option<KeyRow>)>>,
+}
+
+#[derive(Debug, Clone)]
+struct KeyRow {
+    scope: String,
+    secret_hash: String,
+    revoked: bool,
+}
+
+impl KeyCache {
+    fn get(&self, id: &str) -> Option<Option<KeyRow>> {
+        let rows = self.rows.lock().expect("key cache");
+        rows.get(id).filter(|(at, _)| at.elapsed() < KEY_TTL).map(|(_, r)| r.clone())
+    }
+
+    fn put(&self, id: &str, row: Option<KeyRow>) {
+        let mut rows = self.rows.lock().expect("key cache");
+        if rows.len() > 10_000 {
+            rows.retain(|_, (at, _)| at.elapsed() < KEY_TTL);
+        }
+        rows.insert(id.to_owned(), (Instant::now(), row));
+    }
+
+    fn forget(&self, id: &str) {
+        self.rows.lock().expect("key cache").remove(id);
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -90,6 +132,7 @@ impl Store {
             .bind(now)
             .execute(&self.pool)
             .await?;
+        self.keys.forget(id);
         Ok(r.rows_affected() > 0)
     }
 
@@ -98,20 +141,34 @@ impl Store {
         let Some((id, secret)) = key.strip_prefix("bwk_").and_then(|k| k.split_once('_')) else {
             return Ok(None);
         };
-        let row = sqlx::query("SELECT scope, secret_hash, revoked_at FROM api_keys WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = match self.keys.get(id) {
+            Some(row) => row,
+            None => {
+                let row = sqlx::query("SELECT scope, secret_hash, revoked_at FROM api_keys WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let row = match row {
+                    Some(r) => Some(KeyRow {
+                        scope: r.try_get("scope")?,
+                        secret_hash: r.try_get("secret_hash")?,
+                        revoked: r.try_get::<Option<Ts>, _>("revoked_at")?.is_some(),
+                    }),
+                    None => None,
+                };
+                self.keys.put(id, row.clone());
+                row
+            }
+        };
         let Some(row) = row else { return Ok(None) };
-        let stored: String = row.try_get(1)?;
-        let revoked: Option<Ts> = row.try_get(2)?;
         // Constant time over the hashes, so the comparison leaks nothing about the secret.
         let given = hash(secret);
+        let stored = &row.secret_hash;
         let equal = stored.len() == given.len()
             && stored.bytes().zip(given.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-        if !equal || revoked.is_some() {
+        if !equal || row.revoked {
             return Ok(None);
         }
-        Ok(Scope::parse(&row.try_get::<String, _>(0)?))
+        Ok(Scope::parse(&row.scope))
     }
 }

@@ -2,28 +2,34 @@
 //!
 //! Why one code path for both: both backends must behave the same and pass the same tests, so every query is
 //! written once against sqlx's `Any` driver with portable SQL (`$n` parameters, `ON CONFLICT`, `RETURNING`,
-//! BIGINT seconds, JSON as TEXT). The two differ only in how an account is serialized: PostgreSQL locks the
-//! account row (`FOR UPDATE`), SQLite takes the write lock at `BEGIN IMMEDIATE` so concurrent writers wait.
+//! BIGINT seconds, JSON as TEXT). Every write goes through the group-commit [`writer`]; the backends differ only
+//! in how a batch holds its accounts: PostgreSQL locks the account rows (`FOR UPDATE`, sorted), SQLite has one
+//! writer that takes the write lock at `BEGIN IMMEDIATE`.
 
 mod account;
-mod inbox;
+mod batch;
+mod flush;
+pub mod inbox;
 mod keys;
+mod load;
 mod migrate;
 mod outbox;
 mod read;
 mod usage;
+pub mod writer;
 
-pub use account::{Outcome, Request};
+pub use batch::{Batch, Guard, IdempotencyKey, OnMissing, Outcome, Request, Tx};
 pub use inbox::{InboxFilter, InboxRow, InboxStatus};
-pub use keys::{KeyInfo, Scope};
+pub use keys::{KEY_TTL, KeyInfo, Scope};
 pub use outbox::{Lease, OutboxRow};
 pub use read::{AccountView, EntryRow};
 pub use usage::{GroupBy, UsageRow};
+pub use writer::{BoxFuture, Plan, Step, WriterConfig};
 
 use crate::ledger::RuleError;
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
-use sqlx::{Any, Transaction};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +66,42 @@ pub enum StoreError {
     BadUrl(String),
     #[error("cannot create the folder of the SQLite file {path}: {source}")]
     Folder { path: String, source: std::io::Error },
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+impl StoreError {
+    /// The SQLSTATE of a database error (`40P01`, `55P03`, ...).
+    pub fn db_code(&self) -> Option<String> {
+        match self {
+            StoreError::Db(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+            _ => None,
+        }
+    }
+
+    /// A failure of the database or of the writer (retry later), not an answer about the request.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Db(_) | StoreError::Closed)
+    }
+}
+
+/// How the store writes: see [`WriterConfig`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// `balance.low` is sent when a balance falls under this.
+    pub low_balance: i64,
+    /// How long a change waits for a locked account before giving up (a transient failure, retried).
+    pub lock_timeout_ms: u64,
+    /// Writer lanes on PostgreSQL (SQLite has one writer).
+    pub lanes: usize,
+    pub max_batch: usize,
+    pub gather: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { low_balance: 10, lock_timeout_ms: 30_000, lanes: 4, max_batch: 256, gather: Duration::ZERO }
+    }
 }
 
 /// A handle to the ledger database; cheap to clone.
@@ -67,24 +109,34 @@ pub enum StoreError {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    /// `balance.low` is sent when a balance falls under this.
-    low_balance: i64,
-    /// How long a change waits for a locked account before giving up (a transient failure, retried).
-    lock_timeout_ms: u64,
+    writer: Arc<writer::Writer>,
+    keys: Arc<keys::KeyCache>,
 }
 
 impl Store {
     /// Connect without migrating. A SQLite file is created with its folder when missing.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, StoreOptions::default()).await
+    }
+
+    /// Connect with `opts` and apply pending migrations.
+    pub async fn open_with(url: &str, opts: StoreOptions) -> Result<Self, StoreError> {
+        let store = Self::connect_with(url, opts).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connect without migrating, writing with `opts`.
+    pub async fn connect_with(url: &str, opts: StoreOptions) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::of_url(url).ok_or_else(|| StoreError::BadUrl(url.into()))?;
         let (url, max) = match backend {
             Backend::Sqlite => (sqlite_url(url)?, 8),
             Backend::Postgres => (url.to_owned(), 16),
         };
-        let mut opts = AnyPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(30));
+        let mut pool_opts = AnyPoolOptions::new().max_connections(max).acquire_timeout(Duration::from_secs(30));
         if backend == Backend::Sqlite {
-            opts = opts.after_connect(|conn, _| {
+            pool_opts = pool_opts.after_connect(|conn, _| {
                 Box::pin(async move {
                     // WAL lets readers run beside the writer; FULL sync makes a commit survive power loss;
                     // the busy timeout makes a second writer wait for the lock instead of failing.
@@ -95,8 +147,16 @@ impl Store {
                 })
             });
         }
-        let pool = opts.connect(&url).await?;
-        Ok(Store { pool, backend, low_balance: 10, lock_timeout_ms: 30_000 })
+        let pool = pool_opts.connect(&url).await?;
+        let config = WriterConfig {
+            lanes: opts.lanes,
+            max_batch: opts.max_batch,
+            gather: opts.gather,
+            lock_timeout_ms: opts.lock_timeout_ms,
+            low_balance: opts.low_balance,
+        };
+        let writer = Arc::new(writer::Writer::start(pool.clone(), backend, config));
+        Ok(Store { pool, backend, writer, keys: Arc::new(keys::KeyCache::default()) })
     }
 
     /// Connect and apply pending migrations.
@@ -104,18 +164,6 @@ impl Store {
         let store = Self::connect(url).await?;
         store.migrate().await?;
         Ok(store)
-    }
-
-    /// Send `balance.low` when a balance falls under `n`.
-    pub fn with_low_balance(mut self, n: i64) -> Self {
-        self.low_balance = n;
-        self
-    }
-
-    /// Give up on a locked account after `ms` (PostgreSQL `lock_timeout`).
-    pub fn with_lock_timeout(mut self, ms: u64) -> Self {
-        self.lock_timeout_ms = ms;
-        self
     }
 
     pub fn backend(&self) -> Backend {
@@ -131,21 +179,38 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
+    /// Finish the writes queued, then close the connections.
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 
-    /// A write transaction: on SQLite it holds the database write lock from its first statement.
-    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
-        Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => {
-                let mut tx = self.pool.begin().await?;
-                let sql = format!("SET LOCAL lock_timeout = '{}ms'", self.lock_timeout_ms);
-                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await?;
-                tx
-            }
-        })
+    /// Hand a job to the writer (see [`writer::Writer::submit`]).
+    pub fn submit<T, F>(
+        &self,
+        plan: Plan,
+        f: F,
+    ) -> impl std::future::Future<Output = Result<T, StoreError>> + Send + use<T, F>
+    where
+        T: Send + 'static,
+        F: for<'a> FnMut(&'a mut Batch) -> BoxFuture<'a, Result<(T, Step), StoreError>> + Send + 'static,
+    {
+        self.writer.submit(plan, f)
+    }
+
+    /// Test hook: batches that change `account` wait before their commit until the returned notify is notified.
+    pub fn pause_commits_of(&self, account: &str) -> Arc<tokio::sync::Notify> {
+        let n = Arc::new(tokio::sync::Notify::new());
+        *self.writer.pause.lock().expect("pause") = Some((account.to_owned(), n.clone()));
+        n
+    }
+
+    /// Undo [`Store::pause_commits_of`].
+    pub fn resume_commits(&self) {
+        if let Some((_, n)) = self.writer.pause.lock().expect("pause").take() {
+            n.notify_waiters();
+            n.notify_one();
+        }
     }
 }
 

@@ -1,15 +1,25 @@
-//! The outbox: outgoing events written in the transaction of the change that caused them, read in id order by
-//! the publisher (and by `GET /v1/events` without a broker).
+//! The outbox: outgoing events written in the batch of the change that caused them, read in id order by the
+//! publisher, and by position by `GET /v1/events`.
+//!
+//! Why two orders and no lock: writes to different accounts commit in parallel, so ids do not commit in order.
+//! The publisher does not need them to: it sends what is unpublished, in id order, and one account's events
+//! have increasing ids (they are written under the account's lock). A reader paging with a cursor needs a
+//! position that never appears behind it, so a position is given to each row after its commit, by one
+//! sequencer at a time, in id order: a reader never passes a row still in flight.
 
-use super::{Backend, Store, StoreError};
-use crate::time::{Ts, format_rfc3339};
-use serde_json::{Value, json};
+use super::writer::{BoxFuture, Plan, Step};
+use super::{Backend, Batch, Store, StoreError};
+use crate::time::Ts;
+use sqlx::Any;
+use sqlx::Row;
+use sqlx::any::AnyRow;
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, Row, Transaction};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxRow {
     pub id: i64,
+    /// Position for readers paging by cursor (0 until the sequencer gave it one).
+    pub pos: i64,
     pub event_id: String,
     pub account_id: Option<String>,
     pub kind: String,
@@ -43,64 +53,67 @@ impl Drop for Lease {
 }
 
 const LEASE_ID: i64 = 0x0062_696c_6c6f_7574;
-const OUTBOX_ORDER_LOCK: i64 = 0x0062_696c_6c6f_7264;
+const SEQUENCER_LOCK: i64 = 0x0062_696c_6c73_6571;
 
-fn random_id() -> String {
-    let mut b = [0u8; 12];
-    getrandom::getrandom(&mut b).expect("the OS random source");
-    format!("ev_{}", hex::encode(b))
-}
-
-fn row(r: &sqlx::any::AnyRow) -> Result<OutboxRow, StoreError> {
+fn row(r: &AnyRow) -> Result<OutboxRow, StoreError> {
     Ok(OutboxRow {
-        id: r.try_get(0)?,
-        event_id: r.try_get(1)?,
-        account_id: r.try_get(2)?,
-        kind: r.try_get(3)?,
-        payload: r.try_get(4)?,
-        created_at: r.try_get(5)?,
-        published_at: r.try_get(6)?,
+        id: r.try_get("id")?,
+        pos: r.try_get::<Option<i64>, _>("pos")?.unwrap_or(0),
+        event_id: r.try_get("event_id")?,
+        account_id: r.try_get("account_id")?,
+        kind: r.try_get("type")?,
+        payload: r.try_get("payload")?,
+        created_at: r.try_get("created_at")?,
+        published_at: r.try_get("published_at")?,
     })
 }
 
-const COLUMNS: &str = "id, event_id, account_id, type, payload, created_at, published_at";
+const COLUMNS: &str = "id, pos, event_id, account_id, type, payload, created_at, published_at";
+
+/// Number committed rows without a position, in id order, after the highest position (at most 5,000 a call).
+const SEQUENCE: &str = "UPDATE outbox SET pos = n.base + n.rn FROM \
+     (SELECT u.id, ROW_NUMBER() OVER (ORDER BY u.id) AS rn, b.base FROM \
+        (SELECT id FROM outbox WHERE pos IS NULL ORDER BY id LIMIT 5000) u, \
+        (SELECT COALESCE(MAX(pos), 0) AS base FROM outbox) b) n \
+     WHERE outbox.id = n.id";
 
 impl Store {
-    /// Write an outgoing event in `tx`. The payload carries its unique id, type, account and time.
-    pub async fn outbox_insert(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        kind: &str,
-        account: Option<&str>,
-        data: Value,
-        now: Ts,
-    ) -> Result<(), StoreError> {
-        if self.backend == Backend::Postgres {
-            // Commit outbox rows in id order across transactions, so a reader paging by id (`GET /v1/events`)
-            // never sees a later id before an earlier one commits. Held until this transaction ends.
-            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(OUTBOX_ORDER_LOCK).execute(&mut **tx).await?;
-        }
-        let event_id = random_id();
-        let mut payload = json!({"id": event_id, "type": kind, "account": account, "at": format_rfc3339(now)});
-        if let (Some(p), Value::Object(d)) = (payload.as_object_mut(), data) {
-            p.extend(d);
-        }
-        sqlx::query("INSERT INTO outbox (event_id, account_id, type, payload, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(&event_id)
-            .bind(account)
-            .bind(kind)
-            .bind(payload.to_string())
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
-
-    /// Events with id above `after`, oldest first (published or not).
+    /// Events with a position above `after`, in position order (published or not). Rows committed since the
+    /// last call are given their positions first.
     pub async fn outbox_page(&self, after: i64, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
-        let q = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM outbox WHERE id > $1 ORDER BY id LIMIT $2"));
+        self.outbox_sequence().await?;
+        let q = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM outbox WHERE pos > $1 ORDER BY pos LIMIT $2"));
         let rows = sqlx::query(q).bind(after).bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(row).collect()
+    }
+
+    /// Give committed rows their positions. On PostgreSQL one instance at a time does it (a transaction-scoped
+    /// advisory lock; another caller finds it taken and skips); on SQLite the writer does it.
+    pub async fn outbox_sequence(&self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                    .bind(SEQUENCER_LOCK)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if got {
+                    sqlx::query(SEQUENCE).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }
+            Backend::Sqlite => {
+                let plan = Plan::default();
+                self.submit(plan, |b: &mut Batch| -> BoxFuture<'_, _> {
+                    Box::pin(async move {
+                        sqlx::query(SEQUENCE).execute(&mut **b.tx()).await?;
+                        Ok(((), Step::Keep))
+                    })
+                })
+                .await?;
+            }
+        }
+        Ok(())
     }
 
     /// The oldest events not yet published.
@@ -112,17 +125,30 @@ impl Store {
         rows.iter().map(row).collect()
     }
 
+    /// Mark rows published (through the writer, so on SQLite it does not contend with it).
     pub async fn outbox_mark_published(&self, ids: &[i64], now: Ts) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for id in ids {
-            sqlx::query("UPDATE outbox SET published_at = $2 WHERE id = $1")
-                .bind(id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+        if ids.is_empty() {
+            return Ok(());
         }
-        tx.commit().await?;
-        Ok(())
+        let ids = std::sync::Arc::new(ids.to_vec());
+        self.submit(Plan::default(), move |b: &mut Batch| -> BoxFuture<'_, _> {
+            let ids = ids.clone();
+            Box::pin(async move {
+                for chunk in ids.chunks(1000) {
+                    let sql = format!(
+                        "UPDATE outbox SET published_at = $1 WHERE id IN ({})",
+                        super::load::params(2, chunk.len())
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false).bind(now);
+                    for id in chunk {
+                        q = q.bind(*id);
+                    }
+                    q.execute(&mut **b.tx()).await?;
+                }
+                Ok(((), Step::Keep))
+            })
+        })
+        .await
     }
 
     /// Seconds since the oldest unpublished event was written (0 when none).

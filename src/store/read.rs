@@ -1,9 +1,9 @@
 //! Reads: an account's state and its ledger entries. A read first applies the due work of the account, so it
 //! reflects every cycle close, allocation and expiry due by the time of the read.
 
-use super::account::{load_lots, load_members};
-use super::{Request, Store, StoreError};
-use crate::ledger::{Account, Hold, Lot, Op, Subscription, Ts};
+use super::load::load_accounts;
+use super::{Backend, Request, Store, StoreError};
+use crate::ledger::{Hold, Lot, Op, Subscription, Ts};
 use serde::Serialize;
 use sqlx::Row;
 
@@ -37,65 +37,44 @@ pub struct EntryRow {
 }
 
 impl Store {
-    /// Apply the account's due work when some is due by `now`.
-    pub async fn catch_up(&self, account: &str, now: Ts) -> Result<(), StoreError> {
-        let due: Option<Option<i64>> = sqlx::query_scalar("SELECT next_due_at FROM accounts WHERE id = $1")
-            .bind(account)
-            .fetch_optional(&self.pool)
-            .await?;
-        match due {
-            None => Err(StoreError::UnknownAccount(account.into())),
-            Some(Some(t)) if t <= now => {
-                let req = Request {
-                    account: account.into(),
-                    op: Op::Tick,
-                    cause: "read".into(),
-                    key: None,
-                    create: false,
-                    now,
-                };
-                self.execute(req).await.map(|_| ())
-            }
-            Some(_) => Ok(()),
+    /// The account as of `now` (due work applied first), read in one snapshot: `balance` is always the sum of
+    /// the `lots` shown, also while changes commit.
+    pub async fn account(&self, id: &str, now: Ts) -> Result<AccountView, StoreError> {
+        let (view, due) = self.read_account(id).await?;
+        if due.is_none_or(|t| t > now) {
+            return Ok(view);
         }
+        let req = Request {
+            account: id.into(),
+            op: Op::Tick,
+            cause: "read".into(),
+            key: None,
+            on_missing: crate::store::OnMissing::Refuse,
+            now,
+        };
+        self.execute(req).await?;
+        Ok(self.read_account(id).await?.0)
     }
 
-    /// The account as of `now` (due work applied first).
-    pub async fn account(&self, id: &str, now: Ts) -> Result<AccountView, StoreError> {
-        self.catch_up(id, now).await?;
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query("SELECT balance, signup_granted, stripe_customer_id FROM accounts WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::UnknownAccount(id.into()))?;
-        let mut a = Account::new(id);
-        a.balance = row.try_get(0)?;
-        a.signup_granted = row.try_get::<i64, _>(1)? != 0;
-        let customer: Option<String> = row.try_get(2)?;
-        a.lots = load_lots(&mut tx, id).await?;
-        a.members = load_members(&mut tx, id).await?;
-        for r in sqlx::query("SELECT state FROM subscriptions WHERE account_id = $1 ORDER BY id")
-            .bind(id)
-            .fetch_all(&mut *tx)
-            .await?
-        {
-            a.subscriptions.push(
-                serde_json::from_str(&r.try_get::<String, _>(0)?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            );
-        }
-        for r in
-            sqlx::query("SELECT state FROM holds WHERE account_id = $1 AND status = 'active' ORDER BY created_at, id")
-                .bind(id)
-                .fetch_all(&mut *tx)
-                .await?
-        {
-            a.holds.push(
-                serde_json::from_str(&r.try_get::<String, _>(0)?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            );
-        }
+    /// The account as stored, and when it next has due work.
+    async fn read_account(&self, id: &str) -> Result<(AccountView, Option<Ts>), StoreError> {
+        let mut tx = match self.backend {
+            Backend::Postgres => self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?,
+            Backend::Sqlite => self.pool.begin().await?,
+        };
+        let mut slots = load_accounts(&mut tx, std::slice::from_ref(&id.to_owned()), false).await?;
+        let slot = slots.remove(id).ok_or_else(|| StoreError::UnknownAccount(id.into()))?;
+        let customer: Option<String> = sqlx::query_scalar(
+            "SELECT customer_id FROM stripe_customers WHERE account_id = $1 ORDER BY linked_at, customer_id LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(AccountView {
+        let mut a = slot.account;
+        // Lots kept only because a hold took from them are not shown: they have nothing left.
+        a.lots.retain(|l| l.remaining > 0);
+        let view = AccountView {
             account: id.into(),
             plan: a.plan(),
             balance: a.balance,
@@ -107,7 +86,8 @@ impl Store {
             holds: a.holds,
             members: a.members,
             stripe_customer_id: customer,
-        })
+        };
+        Ok((view, slot.base.next_due))
     }
 
     /// Entries of an account with id above `after`, oldest first, at most `limit`.

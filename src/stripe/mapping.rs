@@ -1,15 +1,14 @@
 //! From a Stripe event to ledger ops (the table of SPEC §5), resolving the account and waiting for facts that
-//! have not arrived yet. Runs inside the transaction that also records the event's outcome.
+//! have not arrived yet. Runs inside the batch that also records the event's outcome.
 
 use super::event::{Charge, CheckoutSession, Envelope, Invoice, PaymentIntent, Price, SubscriptionObject, meta};
 use super::prices;
 use crate::catalog::Catalog;
+use crate::inbox::Decision;
 use crate::ledger::{Op, RuleError, Snapshot, Source, Ts};
-use crate::store::{Request, Store, StoreError};
+use crate::store::inbox as rows;
+use crate::store::{Batch, OnMissing, Request, StoreError};
 use serde::de::DeserializeOwned;
-use sqlx::{Any, Transaction};
-
-type Tx = Transaction<'static, Any>;
 
 /// What an event came to.
 #[derive(Debug)]
@@ -49,7 +48,6 @@ pub struct Prefetched {
 }
 
 pub struct Mapper<'a> {
-    pub store: &'a Store,
     pub catalog: &'a Catalog,
     pub now: Ts,
 }
@@ -70,20 +68,34 @@ fn version(env: &Envelope) -> i64 {
 }
 
 impl Mapper<'_> {
-    pub async fn handle(&self, tx: &mut Tx, env: &Envelope, pre: &Prefetched) -> Result<Handled, Fail> {
+    /// Decide `env`: applied, ignored, waiting, failed; an error is transient (the database).
+    pub async fn decide(&self, b: &mut Batch, env: &Envelope, pre: &Prefetched) -> Result<Decision, StoreError> {
+        Ok(match self.handle(b, env, pre).await {
+            Ok(Handled::Applied { account, facts }) => Decision::Applied { account, facts, applied: None },
+            Ok(Handled::Ignored(why)) => Decision::Ignored(why),
+            Ok(Handled::Waiting(fact)) | Err(Fail::Wait(fact)) => {
+                Decision::Waiting { reason: format!("waiting for {fact}"), fact }
+            }
+            Err(Fail::Permanent(e)) => Decision::Failed(e),
+            Err(Fail::Store(e)) if e.is_transient() => return Err(e),
+            Err(Fail::Store(e)) => Decision::Failed(e.to_string()),
+        })
+    }
+
+    async fn handle(&self, b: &mut Batch, env: &Envelope, pre: &Prefetched) -> Result<Handled, Fail> {
         match env.kind.as_str() {
             "customer.subscription.created" | "customer.subscription.updated" | "customer.subscription.deleted" => {
                 let sub: SubscriptionObject = parse(env, "subscription")?;
                 let deleted = env.kind == "customer.subscription.deleted";
-                self.subscription(tx, env, &sub, version(env), deleted).await
+                self.subscription(b, env, &sub, version(env), deleted).await
             }
-            "invoice.paid" => self.invoice_paid(tx, env, pre).await,
-            "invoice.payment_failed" => self.invoice_failed(tx, env, pre).await,
+            "invoice.paid" => self.invoice_paid(b, env, pre).await,
+            "invoice.payment_failed" => self.invoice_failed(b, env, pre).await,
             "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
-                self.checkout(tx, env, pre).await
+                self.checkout(b, env, pre).await
             }
-            "payment_intent.succeeded" => self.payment_intent(tx, env).await,
-            "charge.refunded" => self.refund(tx, env).await,
+            "payment_intent.succeeded" => self.payment_intent(b, env).await,
+            "charge.refunded" => self.refund(b, env).await,
             other => Ok(Handled::Ignored(format!("event type {other} does not change credits"))),
         }
     }
@@ -91,7 +103,7 @@ impl Mapper<'_> {
     /// The account of an event (SPEC §5), linking the customer to it.
     async fn resolve(
         &self,
-        tx: &mut Tx,
+        b: &mut Batch,
         explicit: Option<String>,
         customer: Option<&str>,
     ) -> Result<Option<String>, Fail> {
@@ -99,25 +111,25 @@ impl Mapper<'_> {
         if account.is_none()
             && let Some(c) = customer
         {
-            account = Some(self.store.customer_account(tx, c).await?.unwrap_or_else(|| c.to_owned()));
+            account = Some(rows::customer_account(b.tx(), c).await?.unwrap_or_else(|| c.to_owned()));
         }
         if let (Some(a), Some(c)) = (&account, customer) {
-            self.store.link_customer(tx, c, a, self.now).await?;
+            rows::link_customer(b.tx(), c, a, self.now).await?;
         }
         Ok(account)
     }
 
-    async fn apply(&self, tx: &mut Tx, env: &Envelope, account: &str, ops: Vec<Op>) -> Result<(), Fail> {
+    async fn apply(&self, b: &mut Batch, env: &Envelope, account: &str, ops: Vec<Op>) -> Result<(), Fail> {
         let op = if ops.len() == 1 { ops.into_iter().next().unwrap() } else { Op::Batch { ops } };
         let req = Request {
             account: account.into(),
             op,
             cause: format!("event:{}", env.id),
             key: None,
-            create: true,
+            on_missing: OnMissing::CreateFromStripe,
             now: self.now,
         };
-        match self.store.execute_in(tx, req).await {
+        match b.apply(&req, None).await {
             Ok(_) => Ok(()),
             Err(StoreError::Rule(RuleError::UnknownSubscription(s))) => Err(Fail::Wait(format!("subscription:{s}"))),
             Err(StoreError::Rule(RuleError::UnknownPayment(p))) => Err(Fail::Wait(format!("payment:{p}"))),
@@ -128,7 +140,7 @@ impl Mapper<'_> {
 
     async fn subscription(
         &self,
-        tx: &mut Tx,
+        b: &mut Batch,
         env: &Envelope,
         sub: &SubscriptionObject,
         version: i64,
@@ -137,7 +149,7 @@ impl Mapper<'_> {
         let mut facts = vec![format!("subscription:{}", sub.id)];
         for price in sub.items().iter().filter_map(|i| i.price.as_ref()) {
             let object = serde_json::to_string(&raw_price(env, &price.id)).unwrap_or_default();
-            self.store.record_price(tx, &price.id, &object, self.now).await?;
+            rows::record_price(b.tx(), &price.id, &object, self.now).await?;
             facts.push(format!("price:{}", price.id));
         }
         let price = sub
@@ -147,10 +159,10 @@ impl Mapper<'_> {
             .ok_or_else(|| Fail::Permanent(format!("subscription {} has no price", sub.id)))?;
         let terms = prices::plan_terms(self.catalog, price)
             .ok_or_else(|| Fail::Permanent(format!("price {} maps to no plan in the catalog", price.id)))?;
-        let known = self.store.subscription_account(tx, &sub.id).await?;
+        let known = b.subscription_account(&sub.id).await?;
         let explicit = meta(&sub.metadata, "account_id").or(known);
         let customer = sub.customer.as_ref().map(|c| c.0.as_str());
-        let Some(account) = self.resolve(tx, explicit, customer).await? else {
+        let Some(account) = self.resolve(b, explicit, customer).await? else {
             return Err(Fail::Permanent(format!("subscription {} names no account and no customer", sub.id)));
         };
         let period = sub.period();
@@ -180,41 +192,41 @@ impl Mapper<'_> {
             let at = sub.ended_at.or(sub.canceled_at).unwrap_or(env.created);
             ops.push(Op::Cancel { subscription: sub.id.clone(), at });
         }
-        self.apply(tx, env, &account, ops).await?;
+        self.apply(b, env, &account, ops).await?;
         Ok(Handled::Applied { account, facts })
     }
 
     /// The account of a subscription we know, or the subscription fetched from the API, or a wait.
     async fn subscription_account(
         &self,
-        tx: &mut Tx,
+        b: &mut Batch,
         env: &Envelope,
         sub: &str,
         pre: &Prefetched,
     ) -> Result<Result<String, Handled>, Fail> {
-        if let Some(a) = self.store.subscription_account(tx, sub).await? {
+        if let Some(a) = b.subscription_account(sub).await? {
             return Ok(Ok(a));
         }
         if let Some(fetched) = pre.subscription.as_ref().filter(|s| s.id == sub) {
             // Fetched from the API: apply it as a snapshot older than any event about it.
-            if let Handled::Applied { account, .. } = self.subscription(tx, env, fetched, i64::MIN + 1, false).await? {
+            if let Handled::Applied { account, .. } = self.subscription(b, env, fetched, i64::MIN + 1, false).await? {
                 return Ok(Ok(account));
             }
         }
         Ok(Err(Handled::Waiting(format!("subscription:{sub}"))))
     }
 
-    async fn invoice_paid(&self, tx: &mut Tx, env: &Envelope, pre: &Prefetched) -> Result<Handled, Fail> {
+    async fn invoice_paid(&self, b: &mut Batch, env: &Envelope, pre: &Prefetched) -> Result<Handled, Fail> {
         let inv: Invoice = parse(env, "invoice")?;
         let Some(sub) = inv.subscription_id() else {
             return Ok(Handled::Ignored("invoice of no subscription".into()));
         };
-        let account = match self.subscription_account(tx, env, &sub, pre).await? {
+        let account = match self.subscription_account(b, env, &sub, pre).await? {
             Ok(a) => a,
             Err(wait) => return Ok(wait),
         };
         if let Some(c) = inv.customer.as_ref() {
-            self.store.link_customer(tx, &c.0, &account, self.now).await?;
+            rows::link_customer(b.tx(), &c.0, &account, self.now).await?;
         }
         let reason = inv.billing_reason.as_deref().unwrap_or("");
         // The billing period the invoice pays: its non-proration lines (a renewal, a start, or a switch to
@@ -238,7 +250,7 @@ impl Mapper<'_> {
             };
             let terms = match prices::plan_terms_by_id(self.catalog, &price_id) {
                 Some(t) => t,
-                None => match self.store.price_object(tx, &price_id).await? {
+                None => match rows::price_object(b.tx(), &price_id).await? {
                     None => match line.and_then(|l| l.price_object()) {
                         Some(p) => prices::plan_terms(self.catalog, &p).ok_or_else(|| unmapped(&price_id))?,
                         None => return Ok(Handled::Waiting(format!("price:{price_id}"))),
@@ -262,25 +274,25 @@ impl Mapper<'_> {
             }
             ops.push(Op::Paid { subscription: sub.clone(), start, end });
         }
-        self.apply(tx, env, &account, ops).await?;
+        self.apply(b, env, &account, ops).await?;
         Ok(Handled::Applied { account, facts: vec![] })
     }
 
-    async fn invoice_failed(&self, tx: &mut Tx, env: &Envelope, pre: &Prefetched) -> Result<Handled, Fail> {
+    async fn invoice_failed(&self, b: &mut Batch, env: &Envelope, pre: &Prefetched) -> Result<Handled, Fail> {
         let inv: Invoice = parse(env, "invoice")?;
         let Some(sub) = inv.subscription_id() else {
             return Ok(Handled::Ignored("invoice of no subscription".into()));
         };
-        let account = match self.subscription_account(tx, env, &sub, pre).await? {
+        let account = match self.subscription_account(b, env, &sub, pre).await? {
             Ok(a) => a,
             Err(wait) => return Ok(wait),
         };
-        self.apply(tx, env, &account, vec![Op::SubscriptionStatus { subscription: sub, status: "past_due".into() }])
+        self.apply(b, env, &account, vec![Op::SubscriptionStatus { subscription: sub, status: "past_due".into() }])
             .await?;
         Ok(Handled::Applied { account, facts: vec![] })
     }
 
-    async fn checkout(&self, tx: &mut Tx, env: &Envelope, pre: &Prefetched) -> Result<Handled, Fail> {
+    async fn checkout(&self, b: &mut Batch, env: &Envelope, pre: &Prefetched) -> Result<Handled, Fail> {
         let s: CheckoutSession = parse(env, "checkout session")?;
         if s.mode.as_deref().is_some_and(|m| m != "payment") {
             return Ok(Handled::Ignored(format!(
@@ -323,19 +335,19 @@ impl Mapper<'_> {
         };
         let explicit = meta(&s.metadata, "account_id").or(s.client_reference_id.clone().filter(|c| !c.is_empty()));
         let customer = s.customer.as_ref().map(|c| c.0.as_str());
-        let Some(account) = self.resolve(tx, explicit, customer).await? else {
+        let Some(account) = self.resolve(b, explicit, customer).await? else {
             return Err(Fail::Permanent(format!("checkout {} names no account and no customer", s.id)));
         };
         let payment = s.payment_intent.map(|p| p.0).unwrap_or(s.id);
         // A payment already granted (told by another event, maybe resolved to another account) is not granted
         // again: the grant goes to the account that has it, where it is a no-op.
-        let account = self.store.payment_account(tx, &payment).await?.unwrap_or(account);
-        self.apply(tx, env, &account, vec![Op::Grant { lot_id: payment.clone(), source: Source::Package, credits }])
+        let account = b.payment_account(&payment).await?.unwrap_or(account);
+        self.apply(b, env, &account, vec![Op::Grant { lot_id: payment.clone(), source: Source::Package, credits }])
             .await?;
         Ok(Handled::Applied { account, facts: vec![format!("payment:{payment}")] })
     }
 
-    async fn payment_intent(&self, tx: &mut Tx, env: &Envelope) -> Result<Handled, Fail> {
+    async fn payment_intent(&self, b: &mut Batch, env: &Envelope) -> Result<Handled, Fail> {
         let pi: PaymentIntent = parse(env, "payment intent")?;
         let Some(name) = meta(&pi.metadata, "credits_package") else {
             return Ok(Handled::Ignored("payment intent names no credits_package".into()));
@@ -343,28 +355,28 @@ impl Mapper<'_> {
         let quantity = quantity(meta(&pi.metadata, "quantity"))?;
         let p = self.catalog.packages.get(&name).ok_or_else(|| Fail::Permanent(format!("unknown package {name:?}")))?;
         let customer = pi.customer.as_ref().map(|c| c.0.as_str());
-        let Some(account) = self.resolve(tx, meta(&pi.metadata, "account_id"), customer).await? else {
+        let Some(account) = self.resolve(b, meta(&pi.metadata, "account_id"), customer).await? else {
             return Err(Fail::Permanent(format!("payment intent {} names no account and no customer", pi.id)));
         };
-        let account = self.store.payment_account(tx, &pi.id).await?.unwrap_or(account);
+        let account = b.payment_account(&pi.id).await?.unwrap_or(account);
         let op = Op::Grant { lot_id: pi.id.clone(), source: Source::Package, credits: p.credits * quantity };
-        self.apply(tx, env, &account, vec![op]).await?;
+        self.apply(b, env, &account, vec![op]).await?;
         Ok(Handled::Applied { account, facts: vec![format!("payment:{}", pi.id)] })
     }
 
-    async fn refund(&self, tx: &mut Tx, env: &Envelope) -> Result<Handled, Fail> {
+    async fn refund(&self, b: &mut Batch, env: &Envelope) -> Result<Handled, Fail> {
         let ch: Charge = parse(env, "charge")?;
         let Some(payment) = ch.payment_intent.map(|p| p.0) else {
             return Ok(Handled::Ignored("refunded charge has no payment intent".into()));
         };
-        let Some(account) = self.store.payment_account(tx, &payment).await? else {
+        let Some(account) = b.payment_account(&payment).await? else {
             return Ok(Handled::Waiting(format!("payment:{payment}")));
         };
         if let Some(c) = ch.customer.as_ref() {
-            self.store.link_customer(tx, &c.0, &account, self.now).await?;
+            rows::link_customer(b.tx(), &c.0, &account, self.now).await?;
         }
         let op = Op::Refund { payment, refunded: ch.amount_refunded, total: ch.amount };
-        self.apply(tx, env, &account, vec![op]).await?;
+        self.apply(b, env, &account, vec![op]).await?;
         Ok(Handled::Applied { account, facts: vec![] })
     }
 }

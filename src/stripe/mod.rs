@@ -8,4 +8,4 @@ pub mod prices;
 pub mod process;
 pub mod signature;
 
-pub use process::{Decision, Intake};
+pub use process::{Intake, StripeEvents};

@@ -1,0 +1,462 @@
+//! One write transaction shared by the jobs of a batch: the accounts they change, locked and loaded once, the
+//! changes applied in memory by the credit rules, and every row written at the end with a few multi-row
+//! statements ([`super::flush`]).
+//!
+//! Why in memory: a debit refused by the rules must not undo the others, and a savepoint per debit would cost
+//! two round trips; the rules already leave an account untouched when they refuse. Jobs that write rows of
+//! their own (the inbox) run in a savepoint, and a journal of the accounts they touched takes back their
+//! in-memory changes with it.
+
+use super::load::{self, Slot};
+use super::writer::{LaneCtx, Step};
+use super::{Backend, StoreError};
+use crate::ledger::{Account, Applied, Op, Subscription};
+use crate::time::Ts;
+use sqlx::{Any, Transaction};
+use std::collections::{HashMap, HashSet};
+
+pub type Tx = Transaction<'static, Any>;
+
+/// A precondition checked on the account brought up to date, before the change (an entitlement).
+pub type Guard = std::sync::Arc<dyn Fn(&Account) -> Result<(), crate::ledger::RuleError> + Send + Sync>;
+
+/// The stored answer of an idempotency key.
+#[derive(Debug, Clone)]
+pub(crate) struct Effect {
+    pub request: Option<String>,
+    pub response: String,
+}
+
+/// A row for the outbox, written with the batch.
+#[derive(Debug, Clone)]
+pub(crate) struct NewOutbox {
+    pub event_id: String,
+    pub account: Option<String>,
+    pub kind: String,
+    pub payload: String,
+    pub created_at: Ts,
+}
+
+/// What a job changed, to take back when it is undone.
+#[derive(Default)]
+struct Journal {
+    slots: HashMap<String, Option<Slot>>,
+    effects: Vec<(String, String)>,
+    new_effects: usize,
+    outbox: usize,
+}
+
+pub struct Batch {
+    tx: Tx,
+    backend: Backend,
+    low_balance: i64,
+    pub(crate) slots: HashMap<String, Slot>,
+    /// Accounts looked up in this batch and not found.
+    absent: HashSet<String>,
+    effects: HashMap<(String, String), Effect>,
+    /// Keys looked up in this batch (found or not).
+    probed_keys: HashSet<(String, String)>,
+    pub(crate) new_effects: Vec<(String, String, Effect, Ts)>,
+    pub(crate) outbox: Vec<NewOutbox>,
+    /// One journal per open savepoint, innermost last.
+    journals: Vec<Journal>,
+}
+
+/// What a change to an account is.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub account: String,
+    pub op: Op,
+    /// Recorded on every entry the change makes: `event:..`, `command:..`, `debit:..`.
+    pub cause: String,
+    /// The idempotency key of the request, if it has one.
+    pub key: Option<IdempotencyKey>,
+    pub on_missing: OnMissing,
+    pub now: Ts,
+}
+
+/// An idempotency key and a fingerprint of the request it belongs to: a repeat with the same fingerprint gets
+/// the first answer, with another one a conflict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub fingerprint: String,
+}
+
+/// What to do when the account does not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMissing {
+    /// Refuse with `unknown_account`.
+    Refuse,
+    /// Create it (`account.created`): it may get its signup credits.
+    Create,
+    /// Create it because a Stripe event names it: it never gets signup credits (rule 10).
+    CreateFromStripe,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied(Applied),
+    /// The key was seen before with the same request: the first answer.
+    Duplicate(Applied),
+}
+
+impl Outcome {
+    pub fn applied(&self) -> &Applied {
+        match self {
+            Outcome::Applied(a) | Outcome::Duplicate(a) => a,
+        }
+    }
+}
+
+fn json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn random_event_id() -> String {
+    let mut b = [0u8; 12];
+    getrandom::getrandom(&mut b).expect("the OS random source");
+    format!("ev_{}", hex::encode(b))
+}
+
+/// What of a subscription makes `subscription.changed`.
+type Mark = (String, crate::ledger::PlanTerms, String, Option<Ts>, bool);
+
+fn sub_marks(subs: &[Subscription]) -> Vec<Mark> {
+    subs.iter().map(|s| (s.id.clone(), s.terms.clone(), s.status.clone(), s.ends_at, s.finished)).collect()
+}
+
+impl Batch {
+    pub(crate) async fn begin(ctx: &LaneCtx) -> Result<Batch, StoreError> {
+        let tx = match ctx.backend {
+            Backend::Sqlite => ctx.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => {
+                let mut tx = ctx.pool.begin().await?;
+                let sql = format!("SET LOCAL lock_timeout = '{}ms'", ctx.config.lock_timeout_ms);
+                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await?;
+                tx
+            }
+        };
+        Ok(Batch {
+            tx,
+            backend: ctx.backend,
+            low_balance: ctx.config.low_balance,
+            slots: HashMap::new(),
+            absent: HashSet::new(),
+            effects: HashMap::new(),
+            probed_keys: HashSet::new(),
+            new_effects: Vec::new(),
+            outbox: Vec::new(),
+            journals: Vec::new(),
+        })
+    }
+
+    /// The transaction, for jobs that write rows of their own (they run in a savepoint).
+    pub fn tx(&mut self) -> &mut Tx {
+        &mut self.tx
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Lock and load `accounts` (sorted) and look up `keys`, before any job runs.
+    pub(crate) async fn prelude(&mut self, accounts: &[String], keys: &[(String, String)]) -> Result<(), StoreError> {
+        if !accounts.is_empty() {
+            let slots = load::lock_and_load(&mut self.tx, self.backend, accounts).await?;
+            for a in accounts {
+                if !slots.contains_key(a) {
+                    self.absent.insert(a.clone());
+                }
+            }
+            self.slots.extend(slots);
+        }
+        if !keys.is_empty() {
+            let found = load::effects(&mut self.tx, keys).await?;
+            self.probed_keys.extend(keys.iter().cloned());
+            self.effects.extend(found);
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn start_job(&mut self, savepoint: bool) -> Result<(), StoreError> {
+        self.journals.clear();
+        if savepoint {
+            self.savepoint().await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn end_job(&mut self, step: Step) -> Result<(), StoreError> {
+        if self.journals.is_empty() {
+            debug_assert_eq!(step, Step::Keep, "a job without a savepoint cannot be undone");
+            return Ok(());
+        }
+        match step {
+            Step::Keep => self.release().await?,
+            Step::Undo => self.rollback().await?,
+        }
+        debug_assert!(self.journals.is_empty(), "a job left a savepoint open");
+        Ok(())
+    }
+
+    /// Open a savepoint: [`Batch::rollback`] takes back the rows written and the accounts changed since.
+    pub async fn savepoint(&mut self) -> Result<(), StoreError> {
+        let sql = format!("SAVEPOINT sp{}", self.journals.len());
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *self.tx).await?;
+        self.journals.push(Journal {
+            new_effects: self.new_effects.len(),
+            outbox: self.outbox.len(),
+            ..Default::default()
+        });
+        Ok(())
+    }
+
+    /// Keep what was done since the last savepoint.
+    pub async fn release(&mut self) -> Result<(), StoreError> {
+        let top = self.journals.pop().expect("a savepoint is open");
+        let sql = format!("RELEASE SAVEPOINT sp{}", self.journals.len());
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *self.tx).await?;
+        if let Some(parent) = self.journals.last_mut() {
+            for (id, before) in top.slots {
+                parent.slots.entry(id).or_insert(before);
+            }
+            parent.effects.extend(top.effects);
+        }
+        Ok(())
+    }
+
+    /// Take back what was done since the last savepoint.
+    pub async fn rollback(&mut self) -> Result<(), StoreError> {
+        let top = self.journals.pop().expect("a savepoint is open");
+        let name = format!("sp{}", self.journals.len());
+        sqlx::query(sqlx::AssertSqlSafe(format!("ROLLBACK TO SAVEPOINT {name}"))).execute(&mut *self.tx).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("RELEASE SAVEPOINT {name}"))).execute(&mut *self.tx).await?;
+        for (id, before) in top.slots {
+            match before {
+                Some(slot) => {
+                    self.slots.insert(id, slot);
+                }
+                None => {
+                    self.slots.remove(&id);
+                }
+            }
+        }
+        for k in top.effects {
+            self.effects.remove(&k);
+        }
+        self.new_effects.truncate(top.new_effects);
+        self.outbox.truncate(top.outbox);
+        Ok(())
+    }
+
+    /// Remember an account's state before it is first changed since the last savepoint.
+    fn touch(&mut self, account: &str) {
+        if let Some(j) = self.journals.last_mut()
+            && !j.slots.contains_key(account)
+        {
+            j.slots.insert(account.to_owned(), self.slots.get(account).cloned());
+        }
+    }
+
+    /// Whether the batch has loaded `account`.
+    pub fn touches(&self, account: &str) -> bool {
+        self.slots.contains_key(account)
+    }
+
+    /// Make sure `account` is loaded (locking it), creating it when `on_missing` says so.
+    pub async fn load(&mut self, account: &str, on_missing: OnMissing, now: Ts) -> Result<(), StoreError> {
+        if self.slots.contains_key(account) {
+            return Ok(());
+        }
+        self.touch(account);
+        if on_missing != OnMissing::Refuse {
+            let no_signup = on_missing == OnMissing::CreateFromStripe;
+            sqlx::query(
+                "INSERT INTO accounts (id, created_at, updated_at, signup_granted) VALUES ($1, $2, $2, $3) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(account)
+            .bind(now)
+            .bind(no_signup as i64)
+            .execute(&mut *self.tx)
+            .await?;
+            self.absent.remove(account);
+        } else if self.absent.contains(account) {
+            return Err(StoreError::UnknownAccount(account.into()));
+        }
+        let slots = load::lock_and_load(&mut self.tx, self.backend, &[account.to_owned()]).await?;
+        if slots.is_empty() {
+            self.absent.insert(account.to_owned());
+            return Err(StoreError::UnknownAccount(account.into()));
+        }
+        self.slots.extend(slots);
+        Ok(())
+    }
+
+    /// The loaded state of an account (after [`Batch::load`] or a change).
+    pub fn account(&self, account: &str) -> Option<&Account> {
+        self.slots.get(account).map(|s| &s.account)
+    }
+
+    async fn effect(&mut self, account: &str, key: &str) -> Result<Option<Effect>, StoreError> {
+        let k = (account.to_owned(), key.to_owned());
+        if !self.probed_keys.contains(&k) {
+            let found = load::effects(&mut self.tx, std::slice::from_ref(&k)).await?;
+            self.effects.extend(found);
+            self.probed_keys.insert(k.clone());
+        }
+        Ok(self.effects.get(&k).cloned())
+    }
+
+    /// Apply `req`, refused by `guard` on the account brought up to date. A repeat of an idempotency key gets
+    /// its first answer before any check. A refusal by the rules keeps the due work found on the way (it was
+    /// owed anyway) and changes nothing else.
+    pub async fn apply(&mut self, req: &Request, guard: Option<&Guard>) -> Result<Outcome, StoreError> {
+        self.load(&req.account, req.on_missing, req.now).await?;
+        if let Some(k) = &req.key
+            && let Some(seen) = self.effect(&req.account, &k.key).await?
+        {
+            if seen.request.as_deref() != Some(k.fingerprint.as_str()) {
+                return Err(StoreError::KeyConflict(k.key.clone()));
+            }
+            return Ok(Outcome::Duplicate(json(&seen.response)?));
+        }
+        self.load_named(&req.account, &req.op, req.key.is_some()).await?;
+        self.touch(&req.account);
+        let low = self.low_balance;
+        let slot = self.slots.get_mut(&req.account).expect("loaded above");
+        let before = slot.account.balance;
+        let marks = sub_marks(&slot.account.subscriptions);
+        let result = match guard {
+            Some(g) => slot.account.apply_checked(&req.op, req.now, &req.cause, &|a: &Account| g(a)),
+            None => slot.account.apply(&req.op, req.now, &req.cause),
+        };
+        let after = sub_marks(&slot.account.subscriptions);
+        let changed: Vec<&Subscription> = slot
+            .account
+            .subscriptions
+            .iter()
+            .zip(after.iter())
+            .filter(|(_, m)| !marks.contains(m))
+            .map(|(s, _)| s)
+            .collect();
+        for ev in crate::ledger::events::events_of(&slot.account, before, &changed, low) {
+            let mut data = ev.data;
+            data["cause"] = serde_json::Value::String(req.cause.clone());
+            self.outbox.push(outbox_row(ev.kind, Some(&req.account), data, req.now));
+        }
+        let m = crate::metrics::global();
+        for e in &slot.account.entries {
+            m.entry(e.kind.as_str(), e.amount);
+        }
+        slot.note_change(req.now);
+        let applied = result?;
+        if let Some(k) = &req.key {
+            let effect = Effect {
+                request: Some(k.fingerprint.clone()),
+                response: serde_json::to_string(&applied).expect("serializable"),
+            };
+            let id = (req.account.clone(), k.key.clone());
+            self.effects.insert(id.clone(), effect.clone());
+            self.new_effects.push((id.0.clone(), id.1.clone(), effect, req.now));
+            if let Some(j) = self.journals.last_mut() {
+                j.effects.push(id);
+            }
+        }
+        Ok(Outcome::Applied(applied))
+    }
+
+    /// Load the lots and holds `op` names although they may have nothing left or be no longer active (a repeat
+    /// grant, a refund of a spent lot, a late capture), so the rules see them.
+    async fn load_named(&mut self, account: &str, op: &Op, keyed: bool) -> Result<(), StoreError> {
+        for op in op.flatten() {
+            match op {
+                Op::Grant { lot_id, .. } | Op::Refund { payment: lot_id, .. } => {
+                    let slot = self.slots.get_mut(account).expect("loaded");
+                    if !slot.account.lots.iter().any(|l| &l.id == lot_id)
+                        && slot.probed.insert(lot_id.clone())
+                        && let Some(lot) = load::lot(&mut self.tx, account, lot_id).await?
+                    {
+                        self.touch(account);
+                        self.slots.get_mut(account).expect("loaded").add_loaded_lot(lot);
+                    }
+                }
+                // A new hold's id comes from its idempotency key, which was just found unused: nothing to load.
+                Op::HoldCreate { .. } if keyed => {}
+                Op::HoldCreate { id, .. } | Op::HoldCapture { id, .. } | Op::HoldRelease { id } => {
+                    let slot = self.slots.get_mut(account).expect("loaded");
+                    let hold_key = format!("hold:{id}");
+                    if !slot.account.holds.iter().any(|h| &h.id == id)
+                        && slot.probed.insert(hold_key)
+                        && let Some(h) = load::hold(&mut self.tx, account, id).await?
+                    {
+                        self.touch(account);
+                        self.slots.get_mut(account).expect("loaded").add_loaded_hold(h);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Write an outgoing event with the batch (for events not caused by a change to an account).
+    pub fn emit(&mut self, kind: &str, account: Option<&str>, data: serde_json::Value, now: Ts) {
+        self.outbox.push(outbox_row(kind, account, data, now));
+    }
+
+    /// The account that holds the lot bought by `payment`, looking at changes not yet written first.
+    pub async fn payment_account(&mut self, payment: &str) -> Result<Option<String>, StoreError> {
+        for (id, s) in &self.slots {
+            if s.account.lots.iter().any(|l| l.id == payment) {
+                return Ok(Some(id.clone()));
+            }
+        }
+        let q = sqlx::query_scalar("SELECT account_id FROM lots WHERE id = $1 LIMIT 1");
+        Ok(q.bind(payment).fetch_optional(&mut *self.tx).await?)
+    }
+
+    /// The account that holds subscription `sub`, looking at changes not yet written first.
+    pub async fn subscription_account(&mut self, sub: &str) -> Result<Option<String>, StoreError> {
+        let mut ids: Vec<&String> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.account.subscriptions.iter().any(|x| x.id == sub))
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort();
+        if let Some(id) = ids.first() {
+            return Ok(Some((*id).clone()));
+        }
+        let q =
+            sqlx::query_scalar("SELECT account_id FROM subscriptions WHERE id = $1 ORDER BY updated_at DESC LIMIT 1");
+        Ok(q.bind(sub).fetch_optional(&mut *self.tx).await?)
+    }
+
+    /// Write every change of the batch.
+    pub(crate) async fn flush(&mut self) -> Result<(), StoreError> {
+        super::flush::write(self).await
+    }
+
+    pub(crate) async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+pub(crate) fn outbox_row(kind: &str, account: Option<&str>, data: serde_json::Value, now: Ts) -> NewOutbox {
+    let event_id = random_event_id();
+    let mut payload =
+        serde_json::json!({"id": event_id, "type": kind, "account": account, "at": crate::time::format_rfc3339(now)});
+    if let (Some(p), serde_json::Value::Object(d)) = (payload.as_object_mut(), data) {
+        p.extend(d);
+    }
+    NewOutbox {
+        event_id,
+        account: account.map(str::to_owned),
+        kind: kind.to_owned(),
+        payload: payload.to_string(),
+        created_at: now,
+    }
+}
