@@ -7,15 +7,17 @@
 //! their own (the inbox) run in a savepoint, and a journal of the accounts they touched takes back their
 //! in-memory changes with it.
 
-use super::load::{self, Slot};
+use super::load::{self, AccountCache, Slot};
 use super::writer::{LaneCtx, Step};
 use super::{Backend, StoreError};
 use crate::ledger::{Account, Applied, Op, Subscription};
 use crate::time::Ts;
-use sqlx::{Any, Transaction};
+use sqlx::Any;
+use sqlx::pool::PoolConnection;
 use std::collections::{HashMap, HashSet};
 
-pub type Tx = Transaction<'static, Any>;
+/// The connection a batch (or a read) runs its statements on.
+pub type Tx = sqlx::AnyConnection;
 
 /// A precondition checked on the account brought up to date, before the change (an entitlement).
 pub type Guard = std::sync::Arc<dyn Fn(&Account) -> Result<(), crate::ledger::RuleError> + Send + Sync>;
@@ -47,7 +49,7 @@ struct Journal {
 }
 
 pub struct Batch {
-    tx: Tx,
+    conn: PoolConnection<Any>,
     backend: Backend,
     low_balance: i64,
     pub(crate) slots: HashMap<String, Slot>,
@@ -127,18 +129,20 @@ fn sub_marks(subs: &[Subscription]) -> Vec<Mark> {
 }
 
 impl Batch {
-    pub(crate) async fn begin(ctx: &LaneCtx) -> Result<Batch, StoreError> {
-        let tx = match ctx.backend {
-            Backend::Sqlite => ctx.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => {
-                let mut tx = ctx.pool.begin().await?;
-                let sql = format!("SET LOCAL lock_timeout = '{}ms'", ctx.config.lock_timeout_ms);
-                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await?;
-                tx
-            }
+    /// Open the batch's transaction on the lane's connection.
+    pub(crate) async fn begin(
+        ctx: &LaneCtx,
+        mut conn: PoolConnection<Any>,
+    ) -> Result<Batch, (StoreError, Option<PoolConnection<Any>>)> {
+        let begin = match ctx.backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
         };
+        if let Err(e) = sqlx::raw_sql(begin).execute(&mut *conn).await {
+            return Err((e.into(), None));
+        }
         Ok(Batch {
-            tx,
+            conn,
             backend: ctx.backend,
             low_balance: ctx.config.low_balance,
             slots: HashMap::new(),
@@ -153,7 +157,7 @@ impl Batch {
 
     /// The transaction, for jobs that write rows of their own (they run in a savepoint).
     pub fn tx(&mut self) -> &mut Tx {
-        &mut self.tx
+        &mut self.conn
     }
 
     pub fn backend(&self) -> Backend {
@@ -161,21 +165,27 @@ impl Batch {
     }
 
     /// Lock and load `accounts` (sorted) and look up `keys`, before any job runs.
-    pub(crate) async fn prelude(&mut self, accounts: &[String], keys: &[(String, String)]) -> Result<(), StoreError> {
-        if !accounts.is_empty() {
-            let slots = load::lock_and_load(&mut self.tx, self.backend, accounts).await?;
-            for a in accounts {
-                if !slots.contains_key(a) {
-                    self.absent.insert(a.clone());
-                }
+    pub(crate) async fn prelude(
+        &mut self,
+        accounts: &[String],
+        keys: &[(String, String)],
+        cache: &mut AccountCache,
+    ) -> Result<(), StoreError> {
+        if accounts.is_empty() {
+            return Ok(());
+        }
+        let lock = self.backend == Backend::Postgres;
+        let (slots, effects) =
+            load::load_accounts(&mut self.conn, self.backend, accounts, lock, keys, Some(cache)).await?;
+        for a in accounts {
+            if !slots.contains_key(a) {
+                self.absent.insert(a.clone());
             }
-            self.slots.extend(slots);
         }
-        if !keys.is_empty() {
-            let found = load::effects(&mut self.tx, keys).await?;
-            self.probed_keys.extend(keys.iter().cloned());
-            self.effects.extend(found);
-        }
+        // Keys of accounts that exist were looked up; those of missing accounts are refused before a lookup.
+        self.probed_keys.extend(keys.iter().filter(|(a, _)| slots.contains_key(a)).cloned());
+        self.effects.extend(effects);
+        self.slots.extend(slots);
         Ok(())
     }
 
@@ -203,7 +213,7 @@ impl Batch {
     /// Open a savepoint: [`Batch::rollback`] takes back the rows written and the accounts changed since.
     pub async fn savepoint(&mut self) -> Result<(), StoreError> {
         let sql = format!("SAVEPOINT sp{}", self.journals.len());
-        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *self.tx).await?;
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *self.conn).await?;
         self.journals.push(Journal {
             new_effects: self.new_effects.len(),
             outbox: self.outbox.len(),
@@ -216,7 +226,7 @@ impl Batch {
     pub async fn release(&mut self) -> Result<(), StoreError> {
         let top = self.journals.pop().expect("a savepoint is open");
         let sql = format!("RELEASE SAVEPOINT sp{}", self.journals.len());
-        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *self.tx).await?;
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *self.conn).await?;
         if let Some(parent) = self.journals.last_mut() {
             for (id, before) in top.slots {
                 parent.slots.entry(id).or_insert(before);
@@ -230,8 +240,8 @@ impl Batch {
     pub async fn rollback(&mut self) -> Result<(), StoreError> {
         let top = self.journals.pop().expect("a savepoint is open");
         let name = format!("sp{}", self.journals.len());
-        sqlx::query(sqlx::AssertSqlSafe(format!("ROLLBACK TO SAVEPOINT {name}"))).execute(&mut *self.tx).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("RELEASE SAVEPOINT {name}"))).execute(&mut *self.tx).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("ROLLBACK TO SAVEPOINT {name}"))).execute(&mut *self.conn).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("RELEASE SAVEPOINT {name}"))).execute(&mut *self.conn).await?;
         for (id, before) in top.slots {
             match before {
                 Some(slot) => {
@@ -279,13 +289,13 @@ impl Batch {
             .bind(account)
             .bind(now)
             .bind(no_signup as i64)
-            .execute(&mut *self.tx)
+            .execute(&mut *self.conn)
             .await?;
             self.absent.remove(account);
         } else if self.absent.contains(account) {
             return Err(StoreError::UnknownAccount(account.into()));
         }
-        let slots = load::lock_and_load(&mut self.tx, self.backend, &[account.to_owned()]).await?;
+        let slots = load::lock_and_load(&mut self.conn, self.backend, &[account.to_owned()]).await?;
         if slots.is_empty() {
             self.absent.insert(account.to_owned());
             return Err(StoreError::UnknownAccount(account.into()));
@@ -302,7 +312,7 @@ impl Batch {
     async fn effect(&mut self, account: &str, key: &str) -> Result<Option<Effect>, StoreError> {
         let k = (account.to_owned(), key.to_owned());
         if !self.probed_keys.contains(&k) {
-            let found = load::effects(&mut self.tx, std::slice::from_ref(&k)).await?;
+            let found = load::effects(&mut self.conn, std::slice::from_ref(&k)).await?;
             self.effects.extend(found);
             self.probed_keys.insert(k.clone());
         }
@@ -376,7 +386,7 @@ impl Batch {
                     let slot = self.slots.get_mut(account).expect("loaded");
                     if !slot.account.lots.iter().any(|l| &l.id == lot_id)
                         && slot.probed.insert(lot_id.clone())
-                        && let Some(lot) = load::lot(&mut self.tx, account, lot_id).await?
+                        && let Some(lot) = load::lot(&mut self.conn, account, lot_id).await?
                     {
                         self.touch(account);
                         self.slots.get_mut(account).expect("loaded").add_loaded_lot(lot);
@@ -389,7 +399,7 @@ impl Batch {
                     let hold_key = format!("hold:{id}");
                     if !slot.account.holds.iter().any(|h| &h.id == id)
                         && slot.probed.insert(hold_key)
-                        && let Some(h) = load::hold(&mut self.tx, account, id).await?
+                        && let Some(h) = load::hold(&mut self.conn, account, id).await?
                     {
                         self.touch(account);
                         self.slots.get_mut(account).expect("loaded").add_loaded_hold(h);
@@ -414,7 +424,7 @@ impl Batch {
             }
         }
         let q = sqlx::query_scalar("SELECT account_id FROM lots WHERE id = $1 LIMIT 1");
-        Ok(q.bind(payment).fetch_optional(&mut *self.tx).await?)
+        Ok(q.bind(payment).fetch_optional(&mut *self.conn).await?)
     }
 
     /// The account that holds subscription `sub`, looking at changes not yet written first.
@@ -431,7 +441,7 @@ impl Batch {
         }
         let q =
             sqlx::query_scalar("SELECT account_id FROM subscriptions WHERE id = $1 ORDER BY updated_at DESC LIMIT 1");
-        Ok(q.bind(sub).fetch_optional(&mut *self.tx).await?)
+        Ok(q.bind(sub).fetch_optional(&mut *self.conn).await?)
     }
 
     /// Write every change of the batch.
@@ -439,9 +449,29 @@ impl Batch {
         super::flush::write(self).await
     }
 
-    pub(crate) async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await?;
-        Ok(())
+    /// Commit, and keep the accounts (as written) in the lane's memory for its next batches. Gives the
+    /// connection back when it can be used again.
+    pub(crate) async fn commit(
+        mut self,
+        cache: &mut AccountCache,
+    ) -> (Result<(), StoreError>, Option<PoolConnection<Any>>) {
+        match sqlx::raw_sql("COMMIT").execute(&mut *self.conn).await {
+            Ok(_) => {
+                cache.keep(self.slots);
+                (Ok(()), Some(self.conn))
+            }
+            // Whether it committed is unknown: the connection is not used again, and the callers are told to retry
+            // (every change is idempotent by its keys).
+            Err(e) => (Err(e.into()), None),
+        }
+    }
+
+    /// Roll back; the connection is given back when that worked.
+    pub(crate) async fn abort(mut self) -> Option<PoolConnection<Any>> {
+        match sqlx::raw_sql("ROLLBACK").execute(&mut *self.conn).await {
+            Ok(_) => Some(self.conn),
+            Err(_) => None,
+        }
     }
 }
 

@@ -1,9 +1,9 @@
 //! Writing a batch: what changed in every account since it was loaded, with a few multi-row statements per
 //! table (upserts for lots, subscriptions, holds and accounts; inserts for entries, outbox rows and keys).
 
-use super::StoreError;
 use super::batch::{Batch, Tx};
 use super::load::params;
+use super::{StoreError, pg};
 
 /// One bound value.
 enum Arg {
@@ -13,49 +13,172 @@ enum Arg {
     OptInt(Option<i64>),
 }
 
-/// A multi-row statement: `head` + `VALUES (...), (...)` + `tail`, `cols` values a row.
+use pg::Ty::{Int, Text};
+
+const LOTS: usize = 0;
+const SUBS: usize = 1;
+const HOLDS: usize = 2;
+const MEMBERS: usize = 3;
+const ENTRIES: usize = 4;
+const ACCOUNTS: usize = 5;
+const OUTBOX: usize = 6;
+const EFFECTS: usize = 7;
+
+/// Every table a batch writes, in the order of the PostgreSQL statement's parameters.
+static TABLES: [pg::Table; 8] = [
+    pg::Table {
+        insert: "INSERT INTO lots (account_id, id, source, amount, remaining, granted_at, expires_at, subscription_id, cycle_start, clawed)",
+        types: &[Text, Text, Text, Int, Int, Int, Int, Text, Int, Int],
+        tail: " ON CONFLICT (account_id, id) DO UPDATE SET amount = excluded.amount, remaining = excluded.remaining, \
+               expires_at = excluded.expires_at, clawed = excluded.clawed",
+        ordered: false,
+    },
+    pg::Table {
+        insert: "INSERT INTO subscriptions (id, account_id, state, updated_at)",
+        types: &[Text, Text, Text, Int],
+        tail: " ON CONFLICT (account_id, id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+        ordered: false,
+    },
+    pg::Table {
+        insert: "INSERT INTO holds (id, account_id, status, amount, deadline, state, created_at, updated_at)",
+        types: &[Text, Text, Text, Int, Int, Text, Int, Int],
+        tail: " ON CONFLICT (account_id, id) DO UPDATE SET status = excluded.status, state = excluded.state, \
+               updated_at = excluded.updated_at",
+        ordered: false,
+    },
+    pg::Table {
+        insert: "INSERT INTO members (account_id, user_id, added_at)",
+        types: &[Text, Text, Int],
+        tail: "",
+        ordered: false,
+    },
+    pg::Table {
+        insert: "INSERT INTO entries (account_id, at, kind, amount, lot_id, balance_after, cause, user_id, operation, shortfall, recorded_at)",
+        types: &[Text, Int, Text, Int, Text, Int, Text, Text, Text, Int, Int],
+        tail: "",
+        ordered: true,
+    },
+    pg::Table {
+        insert: "INSERT INTO accounts (id, balance, signup_granted, next_due_at, created_at, updated_at, version)",
+        types: &[Text, Int, Int, Int, Int, Int, Int],
+        tail: " ON CONFLICT (id) DO UPDATE SET balance = excluded.balance, signup_granted = excluded.signup_granted, \
+               next_due_at = excluded.next_due_at, updated_at = excluded.updated_at, version = excluded.version",
+        ordered: false,
+    },
+    pg::Table {
+        insert: "INSERT INTO outbox (event_id, account_id, type, payload, created_at)",
+        types: &[Text, Text, Text, Text, Int],
+        tail: "",
+        ordered: true,
+    },
+    pg::Table {
+        insert: "INSERT INTO effects (account_id, key, request, response, created_at)",
+        types: &[Text, Text, Text, Text, Int],
+        tail: "",
+        ordered: false,
+    },
+];
+
+/// The rows to write to one table, row after row.
 struct Rows {
-    head: &'static str,
-    tail: &'static str,
-    cols: usize,
+    table: &'static pg::Table,
     args: Vec<Arg>,
 }
 
 impl Rows {
-    fn new(head: &'static str, cols: usize, tail: &'static str) -> Self {
-        Rows { head, tail, cols, args: Vec::new() }
+    fn new(table: usize) -> Self {
+        Rows { table: &TABLES[table], args: Vec::new() }
+    }
+
+    fn cols(&self) -> usize {
+        self.table.types.len()
     }
 
     fn push(&mut self, row: Vec<Arg>) {
-        debug_assert_eq!(row.len(), self.cols);
+        debug_assert_eq!(row.len(), self.cols());
         self.args.extend(row);
     }
 
+    /// The portable statement for `rows` rows: `INSERT ... VALUES (...), (...)`.
+    fn values_sql(&self, rows: usize) -> String {
+        let cols = self.cols();
+        let values: Vec<String> = (0..rows).map(|i| format!("({})", params(1 + i * cols, cols))).collect();
+        format!("{} VALUES {}{}", self.table.insert, values.join(", "), self.table.tail)
+    }
+
+    /// Write the rows with `VALUES` statements (SQLite).
     async fn run(self, tx: &mut Tx) -> Result<(), StoreError> {
-        if self.args.is_empty() {
-            return Ok(());
-        }
-        // Well under SQLite's 32,766 and PostgreSQL's 65,535 parameters a statement.
-        let per = (30_000 / self.cols).max(1);
+        let cols = self.cols();
+        // Well under SQLite's 32,766 parameters a statement.
+        let per = (30_000 / cols).max(1);
         let mut args = self.args.into_iter().peekable();
         while args.peek().is_some() {
-            let chunk: Vec<Arg> = args.by_ref().take(per * self.cols).collect();
-            let n = chunk.len() / self.cols;
-            let values: Vec<String> = (0..n).map(|i| format!("({})", params(i * self.cols + 1, self.cols))).collect();
-            let sql = format!("{} VALUES {}{}", self.head, values.join(", "), self.tail);
+            let chunk: Vec<Arg> = args.by_ref().take(per * cols).collect();
+            let sql = Rows { table: self.table, args: Vec::new() }.values_sql(chunk.len() / cols);
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
             for a in chunk {
-                q = match a {
-                    Arg::Text(v) => q.bind(v),
-                    Arg::OptText(v) => q.bind(v),
-                    Arg::Int(v) => q.bind(v),
-                    Arg::OptInt(v) => q.bind(v),
-                };
+                q = bind(q, a);
             }
-            q.execute(&mut **tx).await?;
+            q.execute(&mut *tx).await?;
         }
         Ok(())
     }
+
+    /// The column arrays of the rows (PostgreSQL).
+    fn arrays(&self) -> Vec<String> {
+        let cols = self.cols();
+        (0..cols)
+            .map(|c| {
+                let column = self.args.iter().skip(c).step_by(cols);
+                match self.table.types[c] {
+                    Text => pg::text_array(column.map(|a| match a {
+                        Arg::Text(v) => Some(v.as_str()),
+                        Arg::OptText(v) => v.as_deref(),
+                        _ => unreachable!("a text column"),
+                    })),
+                    Int => pg::int_array(column.map(|a| match a {
+                        Arg::Int(v) => Some(*v),
+                        Arg::OptInt(v) => *v,
+                        _ => unreachable!("an integer column"),
+                    })),
+                }
+            })
+            .collect()
+    }
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+fn bind(q: AnyQuery<'_>, a: Arg) -> AnyQuery<'_> {
+    match a {
+        Arg::Text(v) => q.bind(v),
+        Arg::OptText(v) => q.bind(v),
+        Arg::Int(v) => q.bind(v),
+        Arg::OptInt(v) => q.bind(v),
+    }
+}
+
+/// Write every table: on PostgreSQL with one prepared statement for the whole batch; on SQLite (in process)
+/// one `VALUES` statement per table with rows.
+async fn run_all(tx: &mut Tx, postgres: bool, all: Vec<Rows>) -> Result<(), StoreError> {
+    if !postgres {
+        for r in all.into_iter().filter(|r| !r.args.is_empty()) {
+            r.run(tx).await?;
+        }
+        return Ok(());
+    }
+    let mask = all.iter().enumerate().filter(|(_, r)| !r.args.is_empty()).fold(0u32, |m, (i, _)| m | 1 << i);
+    if mask == 0 {
+        return Ok(());
+    }
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(pg::write_statement(&TABLES, mask)));
+    for r in all.iter().filter(|r| !r.args.is_empty()) {
+        for array in r.arrays() {
+            q = q.bind(array);
+        }
+    }
+    q.execute(&mut *tx).await?;
+    Ok(())
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> String {
@@ -64,36 +187,13 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
 
 /// Write every change of `b` and start over from what is now stored.
 pub(crate) async fn write(b: &mut Batch) -> Result<(), StoreError> {
-    let mut lots = Rows::new(
-        "INSERT INTO lots (account_id, id, source, amount, remaining, granted_at, expires_at, subscription_id, cycle_start, clawed)",
-        10,
-        " ON CONFLICT (account_id, id) DO UPDATE SET amount = excluded.amount, remaining = excluded.remaining, \
-         expires_at = excluded.expires_at, clawed = excluded.clawed",
-    );
-    let mut subs = Rows::new(
-        "INSERT INTO subscriptions (id, account_id, state, updated_at)",
-        4,
-        " ON CONFLICT (account_id, id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
-    );
-    let mut holds = Rows::new(
-        "INSERT INTO holds (id, account_id, status, amount, deadline, state, created_at, updated_at)",
-        8,
-        " ON CONFLICT (account_id, id) DO UPDATE SET status = excluded.status, state = excluded.state, \
-         updated_at = excluded.updated_at",
-    );
-    let mut members = Rows::new("INSERT INTO members (account_id, user_id, added_at)", 3, "");
+    let mut lots = Rows::new(LOTS);
+    let mut subs = Rows::new(SUBS);
+    let mut holds = Rows::new(HOLDS);
+    let mut members = Rows::new(MEMBERS);
     let mut gone_members: Vec<(String, String)> = Vec::new();
-    let mut entries = Rows::new(
-        "INSERT INTO entries (account_id, at, kind, amount, lot_id, balance_after, cause, user_id, operation, shortfall, recorded_at)",
-        11,
-        "",
-    );
-    let mut accounts = Rows::new(
-        "INSERT INTO accounts (id, balance, signup_granted, next_due_at, created_at, updated_at)",
-        6,
-        " ON CONFLICT (id) DO UPDATE SET balance = excluded.balance, signup_granted = excluded.signup_granted, \
-         next_due_at = excluded.next_due_at, updated_at = excluded.updated_at",
-    );
+    let mut entries = Rows::new(ENTRIES);
+    let mut accounts = Rows::new(ACCOUNTS);
     let mut ids: Vec<&String> = b.slots.iter().filter(|(_, s)| s.dirty).map(|(id, _)| id).collect();
     ids.sort();
     for id in ids {
@@ -157,9 +257,10 @@ pub(crate) async fn write(b: &mut Batch) -> Result<(), StoreError> {
             Arg::OptInt(a.next_due()),
             Arg::Int(s.created_at),
             Arg::Int(now),
+            Arg::Int(s.version + 1),
         ]);
     }
-    let mut outbox = Rows::new("INSERT INTO outbox (event_id, account_id, type, payload, created_at)", 5, "");
+    let mut outbox = Rows::new(OUTBOX);
     for o in b.outbox.drain(..) {
         outbox.push(vec![
             Arg::Text(o.event_id),
@@ -169,7 +270,7 @@ pub(crate) async fn write(b: &mut Batch) -> Result<(), StoreError> {
             Arg::Int(o.created_at),
         ]);
     }
-    let mut effects = Rows::new("INSERT INTO effects (account_id, key, request, response, created_at)", 5, "");
+    let mut effects = Rows::new(EFFECTS);
     for (account, key, e, now) in b.new_effects.drain(..) {
         effects.push(vec![
             Arg::Text(account),
@@ -179,22 +280,16 @@ pub(crate) async fn write(b: &mut Batch) -> Result<(), StoreError> {
             Arg::Int(now),
         ]);
     }
+    let postgres = b.backend() == super::Backend::Postgres;
     let tx = b.tx();
-    lots.run(tx).await?;
-    subs.run(tx).await?;
-    holds.run(tx).await?;
-    members.run(tx).await?;
+    run_all(tx, postgres, vec![lots, subs, holds, members, entries, accounts, outbox, effects]).await?;
     for (account, user) in gone_members {
         sqlx::query("DELETE FROM members WHERE account_id = $1 AND user_id = $2")
             .bind(account)
             .bind(user)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
     }
-    entries.run(tx).await?;
-    accounts.run(tx).await?;
-    outbox.run(tx).await?;
-    effects.run(tx).await?;
     for s in b.slots.values_mut().filter(|s| s.dirty) {
         s.rebase();
     }

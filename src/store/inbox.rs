@@ -199,13 +199,13 @@ impl Store {
 /// The row of `source`/`event_id` as this transaction sees it.
 pub async fn find(tx: &mut Tx, source: &str, event_id: &str) -> Result<Option<InboxRow>, StoreError> {
     let q = sql(format!("SELECT {COLUMNS} FROM inbox WHERE source = $1 AND event_id = $2"));
-    sqlx::query(q).bind(source).bind(event_id).fetch_optional(&mut **tx).await?.as_ref().map(row).transpose()
+    sqlx::query(q).bind(source).bind(event_id).fetch_optional(&mut *tx).await?.as_ref().map(row).transpose()
 }
 
 /// A row by id as this transaction sees it.
 pub async fn find_by_id(tx: &mut Tx, id: i64) -> Result<Option<InboxRow>, StoreError> {
     let q = sql(format!("SELECT {COLUMNS} FROM inbox WHERE id = $1"));
-    sqlx::query(q).bind(id).fetch_optional(&mut **tx).await?.as_ref().map(row).transpose()
+    sqlx::query(q).bind(id).fetch_optional(&mut *tx).await?.as_ref().map(row).transpose()
 }
 
 /// Store a new event as received; `None` when it is stored already.
@@ -220,7 +220,7 @@ pub async fn insert(tx: &mut Tx, ev: &NewEvent<'_>, now: Ts) -> Result<Option<i6
     .bind(ev.payload)
     .bind(ev.created)
     .bind(now)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await?;
     Ok(id)
 }
@@ -230,7 +230,7 @@ pub async fn insert(tx: &mut Tx, ev: &NewEvent<'_>, now: Ts) -> Result<Option<i6
 pub async fn lock(tx: &mut Tx, backend: Backend, id: i64) -> Result<Option<InboxRow>, StoreError> {
     let lock = if backend == Backend::Postgres { " FOR UPDATE SKIP LOCKED" } else { "" };
     let q = sql(format!("SELECT {COLUMNS} FROM inbox WHERE id = $1{lock}"));
-    sqlx::query(q).bind(id).fetch_optional(&mut **tx).await?.as_ref().map(row).transpose()
+    sqlx::query(q).bind(id).fetch_optional(&mut *tx).await?.as_ref().map(row).transpose()
 }
 
 /// Record an outcome on row `id` if it is still in status `from` (compare-and-set); false when it is not.
@@ -248,14 +248,14 @@ pub async fn record(tx: &mut Tx, id: i64, from: InboxStatus, r: &Record<'_>) -> 
     .bind(r.now)
     .bind(r.again as i64)
     .bind(r.next_attempt_at)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(done.rows_affected() == 1)
 }
 
 /// Note another delivery of a stored event.
 pub async fn seen(tx: &mut Tx, id: i64, now: Ts) -> Result<(), StoreError> {
-    sqlx::query("UPDATE inbox SET last_seen = $2 WHERE id = $1").bind(id).bind(now).execute(&mut **tx).await?;
+    sqlx::query("UPDATE inbox SET last_seen = $2 WHERE id = $1").bind(id).bind(now).execute(&mut *tx).await?;
     Ok(())
 }
 
@@ -267,14 +267,14 @@ pub async fn link_customer(tx: &mut Tx, customer: &str, account: &str, now: Ts) 
     .bind(customer)
     .bind(account)
     .bind(now)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
 pub async fn customer_account(tx: &mut Tx, customer: &str) -> Result<Option<String>, StoreError> {
     let q = sqlx::query_scalar("SELECT account_id FROM stripe_customers WHERE customer_id = $1");
-    Ok(q.bind(customer).fetch_optional(&mut **tx).await?)
+    Ok(q.bind(customer).fetch_optional(&mut *tx).await?)
 }
 
 pub async fn record_price(tx: &mut Tx, id: &str, object: &str, now: Ts) -> Result<(), StoreError> {
@@ -285,14 +285,14 @@ pub async fn record_price(tx: &mut Tx, id: &str, object: &str, now: Ts) -> Resul
     .bind(id)
     .bind(object)
     .bind(now)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
 pub async fn price_object(tx: &mut Tx, id: &str) -> Result<Option<String>, StoreError> {
     let q = sqlx::query_scalar("SELECT object FROM stripe_prices WHERE id = $1");
-    Ok(q.bind(id).fetch_optional(&mut **tx).await?)
+    Ok(q.bind(id).fetch_optional(&mut *tx).await?)
 }
 
 impl Store {

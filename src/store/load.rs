@@ -1,9 +1,9 @@
 //! Loading accounts into a batch: locked in one statement in one order (so batches on different lanes and
 //! instances cannot deadlock on them), with their open lots, subscriptions, active holds and members read for
-//! all of them at once.
+//! all of them at once; or taken from the lane's memory when their version shows nobody changed them since.
 
 use super::batch::{Effect, Tx};
-use super::{Backend, StoreError};
+use super::{Backend, StoreError, pg};
 use crate::ledger::{Account, Entry, Hold, HoldStatus, Lot, Source, Subscription};
 use crate::time::Ts;
 use sqlx::Row;
@@ -18,8 +18,10 @@ pub(crate) struct Slot {
     pub entries: Vec<(Entry, Ts)>,
     pub created_at: Ts,
     pub updated_at: Ts,
+    /// The account row's version as loaded: every write of the account's rows bumps it.
+    pub version: i64,
     pub dirty: bool,
-    /// Lots and holds (`hold:ID`) looked up by id in this batch, found or not.
+    /// Lots and holds (`hold:ID`) looked up by id, found or not (valid while the version is).
     pub probed: HashSet<String>,
 }
 
@@ -51,9 +53,18 @@ impl Slot {
         self.account.holds.push(hold);
     }
 
-    /// After a flush: the database now holds what the account holds.
+    /// After a flush: the database now holds what the account holds, at the next version.
     pub fn rebase(&mut self) {
-        let a = &self.account;
+        let a = &mut self.account;
+        // Lots emptied and holds settled stay in the database; memory keeps what the next change may touch.
+        let active: HashSet<String> = a
+            .holds
+            .iter()
+            .filter(|h| h.status == HoldStatus::Active)
+            .flat_map(|h| h.taken.iter().map(|(l, _)| l.clone()))
+            .collect();
+        a.lots.retain(|l| l.remaining > 0 || active.contains(&l.id));
+        a.holds.retain(|h| h.status == HoldStatus::Active);
         self.base = Base {
             next_due: a.next_due(),
             lots: a.lots.iter().map(|l| (l.id.clone(), l.clone())).collect(),
@@ -62,7 +73,40 @@ impl Slot {
             members: a.members.clone(),
         };
         self.entries.clear();
+        self.probed.clear();
+        self.version += 1;
         self.dirty = false;
+    }
+}
+
+/// Accounts a lane keeps between batches, by id, valid while their row's version is unchanged.
+#[derive(Debug, Default)]
+pub(crate) struct AccountCache {
+    slots: HashMap<String, Slot>,
+}
+
+/// Accounts kept in memory per lane at most (a few KiB each).
+const CACHE_MAX: usize = 4096;
+
+impl AccountCache {
+    fn take(&mut self, id: &str, version: i64) -> Option<Slot> {
+        let slot = self.slots.remove(id)?;
+        (slot.version == version).then_some(slot)
+    }
+
+    /// Keep the accounts of a committed batch.
+    pub fn keep(&mut self, slots: impl IntoIterator<Item = (String, Slot)>) {
+        for (id, slot) in slots {
+            debug_assert!(!slot.dirty, "kept before it was written");
+            if self.slots.len() >= CACHE_MAX {
+                // Forget half, whichever: the next batch of each reloads it.
+                let drop: Vec<String> = self.slots.keys().step_by(2).cloned().collect();
+                for d in drop {
+                    self.slots.remove(&d);
+                }
+            }
+            self.slots.insert(id, slot);
+        }
     }
 }
 
@@ -102,7 +146,7 @@ async fn rows_for(tx: &mut Tx, head: &str, ids: &[String], tail: &str) -> Result
         for id in chunk {
             q = q.bind(id);
         }
-        out.extend(q.fetch_all(&mut **tx).await?);
+        out.extend(q.fetch_all(&mut *tx).await?);
     }
     Ok(out)
 }
@@ -113,79 +157,153 @@ pub(crate) async fn lock_and_load(
     backend: Backend,
     ids: &[String],
 ) -> Result<HashMap<String, Slot>, StoreError> {
-    load_accounts(tx, ids, backend == Backend::Postgres).await
+    Ok(load_accounts(tx, backend, ids, backend == Backend::Postgres, &[], None).await?.0)
 }
 
-/// Load the existing accounts of `ids`, locking their rows (in id order) when `lock`.
+type Loaded = (HashMap<String, Slot>, HashMap<(String, String), Effect>);
+
+fn slot_of_head(r: &AnyRow) -> Result<(String, Slot), StoreError> {
+    let id: String = r.try_get("id")?;
+    let mut account = Account::new(id.clone());
+    account.balance = r.try_get("balance")?;
+    account.signup_granted = r.try_get::<i64, _>("signup_granted")? != 0;
+    let slot = Slot {
+        account,
+        base: Base { next_due: r.try_get("next_due_at")?, ..Default::default() },
+        entries: Vec::new(),
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        version: r.try_get("version")?,
+        dirty: false,
+        probed: HashSet::new(),
+    };
+    Ok((id, slot))
+}
+
+fn effect_of(r: &AnyRow) -> Result<((String, String), Effect), StoreError> {
+    Ok((
+        (r.try_get("account_id")?, r.try_get("key")?),
+        Effect { request: r.try_get("request")?, response: r.try_get("response")? },
+    ))
+}
+
+/// Load the existing accounts of `ids`, locking their rows (in id order) when `lock`, and the stored answers
+/// of idempotency keys `keys`. An account whose version matches the one in `cache` is taken from there.
+///
+/// On PostgreSQL the lock and the keys are one statement, and the rest of the accounts not in memory a second
+/// one, whose snapshot is taken after the locks are held (so it sees what the previous holder committed). The
+/// keys are read in the first statement's snapshot, which may predate a key committed by another instance
+/// while this one waited for the lock: the key's primary key then fails the batch, and its jobs are run again
+/// one by one, seeing it.
 pub(crate) async fn load_accounts(
     tx: &mut Tx,
+    backend: Backend,
     ids: &[String],
     lock: bool,
-) -> Result<HashMap<String, Slot>, StoreError> {
-    let lock = if lock { " ORDER BY id FOR UPDATE" } else { " ORDER BY id" };
-    let heads = rows_for(
-        tx,
-        "SELECT id, balance, signup_granted, next_due_at, created_at, updated_at FROM accounts WHERE id",
-        ids,
-        lock,
-    )
-    .await?;
-    let mut slots: HashMap<String, Slot> = HashMap::with_capacity(heads.len());
-    for r in &heads {
-        let id: String = r.try_get("id")?;
-        let mut account = Account::new(id.clone());
-        account.balance = r.try_get("balance")?;
-        account.signup_granted = r.try_get::<i64, _>("signup_granted")? != 0;
-        let base = Base { next_due: r.try_get("next_due_at")?, ..Default::default() };
-        let slot = Slot {
-            account,
-            base,
-            entries: Vec::new(),
-            created_at: r.try_get("created_at")?,
-            updated_at: r.try_get("updated_at")?,
-            dirty: false,
-            probed: HashSet::new(),
-        };
-        slots.insert(id, slot);
+    keys: &[(String, String)],
+    mut cache: Option<&mut AccountCache>,
+) -> Result<Loaded, StoreError> {
+    let postgres = backend == Backend::Postgres;
+    let mut effects = HashMap::new();
+    let mut slots: HashMap<String, Slot> = HashMap::with_capacity(ids.len());
+    if postgres {
+        let sql = if lock { pg::LOCK } else { pg::HEADS };
+        let q = sqlx::query(sql)
+            .bind(pg::text_array(ids.iter().map(|s| Some(s.as_str()))))
+            .bind(pg::text_array(keys.iter().map(|(a, _)| Some(a.as_str()))))
+            .bind(pg::text_array(keys.iter().map(|(_, k)| Some(k.as_str()))));
+        for r in q.fetch_all(&mut *tx).await? {
+            if r.try_get::<i64, _>("k").map(|k| k as i32).or_else(|_| r.try_get::<i32, _>("k"))? == 1 {
+                let (k, e) = effect_of(&r)?;
+                effects.insert(k, e);
+            } else {
+                let (id, slot) = slot_of_head(&r)?;
+                slots.insert(id, slot);
+            }
+        }
+    } else {
+        let head =
+            "SELECT id, balance, signup_granted, next_due_at, created_at, updated_at, version FROM accounts WHERE id";
+        for r in rows_for(tx, head, ids, " ORDER BY id").await? {
+            let (id, slot) = slot_of_head(&r)?;
+            slots.insert(id, slot);
+        }
+        for chunk in keys.chunks(400).filter(|_| !slots.is_empty()) {
+            let pairs: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
+            let sql = format!(
+                "SELECT account_id, key, request, response FROM effects WHERE (account_id, key) IN ({})",
+                pairs.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+            for (a, k) in chunk {
+                q = q.bind(a).bind(k);
+            }
+            for r in q.fetch_all(&mut *tx).await? {
+                let (k, e) = effect_of(&r)?;
+                effects.insert(k, e);
+            }
+        }
     }
-    if slots.is_empty() {
-        return Ok(slots);
+    // Accounts unchanged since this lane last wrote them come from memory.
+    let mut missing: Vec<String> = Vec::new();
+    for (id, slot) in slots.iter_mut() {
+        match cache.as_deref_mut().and_then(|c| c.take(id, slot.version)) {
+            Some(kept) => *slot = kept,
+            None => missing.push(id.clone()),
+        }
     }
-    let found: Vec<String> = {
-        let mut v: Vec<String> = slots.keys().cloned().collect();
-        v.sort();
-        v
-    };
-    let lots = format!("SELECT account_id, {LOT_COLUMNS} FROM lots WHERE account_id");
-    for r in rows_for(tx, &lots, &found, " AND remaining > 0 ORDER BY granted_at, id").await? {
+    if missing.is_empty() {
+        return Ok((slots, effects));
+    }
+    missing.sort();
+    let mut rows = Vec::new();
+    if postgres {
+        let q = sqlx::query(pg::LOAD).bind(pg::text_array(missing.iter().map(|s| Some(s.as_str()))));
+        rows = q.fetch_all(&mut *tx).await?;
+    } else {
+        for chunk in missing.chunks(500) {
+            let p = params(1, chunk.len());
+            // Kinds: 0 lot, 1 subscription, 2 active hold, 3 member; ordered as each is read.
+            let sql = format!(
+                "SELECT 0 AS k, account_id, id, source, amount, remaining, granted_at, expires_at, subscription_id, \
+                 cycle_start, clawed, NULL AS state FROM lots WHERE account_id IN ({p}) AND remaining > 0 \
+                 UNION ALL SELECT 1, account_id, id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, state \
+                 FROM subscriptions WHERE account_id IN ({p}) \
+                 UNION ALL SELECT 2, account_id, id, NULL, NULL, NULL, created_at, NULL, NULL, NULL, NULL, state \
+                 FROM holds WHERE status = 'active' AND account_id IN ({p}) \
+                 UNION ALL SELECT 3, account_id, user_id, NULL, NULL, NULL, added_at, NULL, NULL, NULL, NULL, NULL \
+                 FROM members WHERE account_id IN ({p}) ORDER BY 1, 7, 3"
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            rows.extend(q.fetch_all(&mut *tx).await?);
+        }
+    }
+    for r in rows {
         let account: String = r.try_get("account_id")?;
-        slots.get_mut(&account).expect("loaded").add_loaded_lot(lot_from_row(&r)?);
-    }
-    let subs = "SELECT account_id, id, state FROM subscriptions WHERE account_id";
-    for r in rows_for(tx, subs, &found, " ORDER BY id").await? {
-        let account: String = r.try_get("account_id")?;
-        let s: Subscription = json(&r.try_get::<String, _>("state")?)?;
+        let kind: i32 = r.try_get::<i64, _>("k").map(|k| k as i32).or_else(|_| r.try_get::<i32, _>("k"))?;
         let slot = slots.get_mut(&account).expect("loaded");
-        slot.base.subs.insert(s.id.clone(), s.clone());
-        slot.account.subscriptions.push(s);
-    }
-    let holds = "SELECT account_id, state FROM holds WHERE status = 'active' AND account_id";
-    for r in rows_for(tx, holds, &found, " ORDER BY created_at, id").await? {
-        let account: String = r.try_get("account_id")?;
-        let h: Hold = json(&r.try_get::<String, _>("state")?)?;
-        slots.get_mut(&account).expect("loaded").add_loaded_hold(h);
-    }
-    let members = "SELECT account_id, user_id FROM members WHERE account_id";
-    for r in rows_for(tx, members, &found, " ORDER BY added_at, user_id").await? {
-        let account: String = r.try_get("account_id")?;
-        let slot = slots.get_mut(&account).expect("loaded");
-        let user: String = r.try_get("user_id")?;
-        slot.base.members.push(user.clone());
-        slot.account.members.push(user);
+        match kind {
+            0 => slot.add_loaded_lot(lot_from_row(&r)?),
+            1 => {
+                let s: Subscription = json(&r.try_get::<String, _>("state")?)?;
+                slot.base.subs.insert(s.id.clone(), s.clone());
+                slot.account.subscriptions.push(s);
+            }
+            2 => slot.add_loaded_hold(json(&r.try_get::<String, _>("state")?)?),
+            _ => {
+                let user: String = r.try_get("id")?;
+                slot.base.members.push(user.clone());
+                slot.account.members.push(user);
+            }
+        }
     }
     // Lots an active hold took from but that have nothing left: the release gives credits back there.
     let mut wanted: Vec<(String, String)> = Vec::new();
-    for (id, slot) in &slots {
+    for id in &missing {
+        let slot = &slots[id];
         for h in slot.account.holds.iter().filter(|h| h.status == HoldStatus::Active) {
             for (lot, _) in &h.taken {
                 if !slot.account.lots.iter().any(|l| &l.id == lot) && !wanted.contains(&(id.clone(), lot.clone())) {
@@ -199,20 +317,20 @@ pub(crate) async fn load_accounts(
             slots.get_mut(&account).expect("loaded").add_loaded_lot(lot);
         }
     }
-    Ok(slots)
+    Ok((slots, effects))
 }
 
 /// One lot by id, whatever it has left.
 pub(crate) async fn lot(tx: &mut Tx, account: &str, id: &str) -> Result<Option<Lot>, StoreError> {
     let sql = sqlx::AssertSqlSafe(format!("SELECT {LOT_COLUMNS} FROM lots WHERE account_id = $1 AND id = $2"));
-    let row = sqlx::query(sql).bind(account).bind(id).fetch_optional(&mut **tx).await?;
+    let row = sqlx::query(sql).bind(account).bind(id).fetch_optional(&mut *tx).await?;
     row.as_ref().map(lot_from_row).transpose()
 }
 
 /// One hold by id, whatever its status.
 pub(crate) async fn hold(tx: &mut Tx, account: &str, id: &str) -> Result<Option<Hold>, StoreError> {
     let q = sqlx::query_scalar::<_, String>("SELECT state FROM holds WHERE account_id = $1 AND id = $2");
-    match q.bind(account).bind(id).fetch_optional(&mut **tx).await? {
+    match q.bind(account).bind(id).fetch_optional(&mut *tx).await? {
         Some(text) => Ok(Some(json(&text)?)),
         None => Ok(None),
     }
@@ -234,7 +352,7 @@ pub(crate) async fn effects(
         for (a, k) in chunk {
             q = q.bind(a).bind(k);
         }
-        for r in q.fetch_all(&mut **tx).await? {
+        for r in q.fetch_all(&mut *tx).await? {
             let id = (r.try_get("account_id")?, r.try_get("key")?);
             out.insert(id, Effect { request: r.try_get("request")?, response: r.try_get("response")? });
         }

@@ -34,6 +34,9 @@ impl Store {
         };
         let mut conn = self.pool.acquire().await?;
         if self.backend == Backend::Postgres {
+            // Wait as long as another instance migrates (the pool's lock_timeout is for changes to accounts);
+            // this connection is closed afterwards rather than returned with the setting changed.
+            sqlx::query("SET lock_timeout = 0").execute(&mut *conn).await?;
             sqlx::query("SELECT pg_advisory_lock($1)").bind(LOCK_ID).execute(&mut *conn).await?;
         }
         let result = async {
@@ -66,6 +69,7 @@ impl Store {
         .await;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_advisory_unlock($1)").bind(LOCK_ID).execute(&mut *conn).await?;
+            drop(conn.detach());
         }
         result
     }

@@ -106,7 +106,7 @@ impl Store {
                 let plan = Plan::default();
                 self.submit(plan, |b: &mut Batch| -> BoxFuture<'_, _> {
                     Box::pin(async move {
-                        sqlx::query(SEQUENCE).execute(&mut **b.tx()).await?;
+                        sqlx::query(SEQUENCE).execute(b.tx()).await?;
                         Ok(((), Step::Keep))
                     })
                 })
@@ -143,7 +143,7 @@ impl Store {
                     for id in chunk {
                         q = q.bind(*id);
                     }
-                    q.execute(&mut **b.tx()).await?;
+                    q.execute(b.tx()).await?;
                 }
                 Ok(((), Step::Keep))
             })

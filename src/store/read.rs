@@ -62,7 +62,8 @@ impl Store {
             Backend::Postgres => self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?,
             Backend::Sqlite => self.pool.begin().await?,
         };
-        let mut slots = load_accounts(&mut tx, std::slice::from_ref(&id.to_owned()), false).await?;
+        let (mut slots, _) =
+            load_accounts(&mut tx, self.backend, std::slice::from_ref(&id.to_owned()), false, &[], None).await?;
         let slot = slots.remove(id).ok_or_else(|| StoreError::UnknownAccount(id.into()))?;
         let customer: Option<String> = sqlx::query_scalar(
             "SELECT customer_id FROM stripe_customers WHERE account_id = $1 ORDER BY linked_at, customer_id LIMIT 1",

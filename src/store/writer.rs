@@ -13,6 +13,7 @@
 //! waits on `SQLITE_BUSY`.
 
 use super::batch::Batch;
+use super::load::AccountCache;
 use super::{Backend, StoreError};
 use sqlx::AnyPool;
 use std::future::Future;
@@ -91,7 +92,7 @@ pub struct WriterConfig {
     pub lanes: usize,
     /// At most this many jobs per batch.
     pub max_batch: usize,
-    /// How long a lane waits for more jobs once it has one (0: take what is queued, go).
+    /// How long a lane waits, at most, for as many jobs as its last batch had (0: take what is queued, go).
     pub gather: Duration,
     pub lock_timeout_ms: u64,
     pub low_balance: i64,
@@ -113,7 +114,8 @@ pub(crate) struct LaneCtx {
 
 pub struct Writer {
     lanes: Mutex<Option<Lanes>>,
-    handles: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Told when the writer's thread has finished every lane.
+    done: Mutex<Option<oneshot::Receiver<()>>>,
     next: AtomicUsize,
     count: usize,
     pub(crate) pause: Pause,
@@ -136,20 +138,37 @@ fn lane_of(account: &str, lanes: usize) -> usize {
 }
 
 impl Writer {
+    /// Start the lanes on a thread of their own: the round trips of a batch follow one another with no HTTP
+    /// request between them on the same runtime, so a batch's latency is the database's.
     pub(crate) fn start(pool: AnyPool, backend: Backend, config: WriterConfig) -> Writer {
         let count = if backend == Backend::Sqlite { 1 } else { config.lanes.max(1) };
         let pause = std::sync::Arc::new(Mutex::new(None));
         let ctx = LaneCtx { pool, backend, config, pause: pause.clone() };
         let mut senders = Vec::with_capacity(count);
-        let mut handles = Vec::with_capacity(count);
+        let mut receivers = Vec::with_capacity(count);
         for _ in 0..count {
             let (tx, rx) = mpsc::unbounded_channel();
             senders.push(tx);
-            handles.push(tokio::spawn(lane(rx, ctx.clone())));
+            receivers.push(rx);
         }
+        let (done_tx, done_rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("billing-writer".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+                rt.block_on(async move {
+                    let lanes: Vec<_> = receivers.into_iter().map(|rx| tokio::spawn(lane(rx, ctx.clone()))).collect();
+                    for l in lanes {
+                        let _ = l.await;
+                    }
+                    ctx.pool.close().await;
+                });
+                let _ = done_tx.send(());
+            })
+            .expect("the writer thread");
         Writer {
             lanes: Mutex::new(Some(senders)),
-            handles: Mutex::new(handles),
+            done: Mutex::new(Some(done_rx)),
             next: AtomicUsize::new(0),
             count,
             pause,
@@ -185,15 +204,20 @@ impl Writer {
     /// Stop taking jobs, finish those queued, and wait for the lanes to end.
     pub async fn close(&self) {
         drop(self.lanes.lock().expect("writer lanes").take());
-        let handles = std::mem::take(&mut *self.handles.lock().expect("writer handles"));
-        for h in handles {
-            let _ = h.await;
+        let done = self.done.lock().expect("writer done").take();
+        if let Some(done) = done {
+            let _ = done.await;
         }
     }
 }
 
 async fn lane(mut rx: mpsc::UnboundedReceiver<Box<dyn Job>>, ctx: LaneCtx) {
     let max = ctx.config.max_batch.max(1);
+    let mut cache = AccountCache::default();
+    let mut conn: Conn = None;
+    // As many jobs as the last batch had are likely on their way (their callers were answered together): wait a
+    // moment for them, so a steady load keeps full batches instead of alternating a full one and a small one.
+    let mut expected = 1usize;
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < max {
@@ -202,16 +226,25 @@ async fn lane(mut rx: mpsc::UnboundedReceiver<Box<dyn Job>>, ctx: LaneCtx) {
                 Err(_) => break,
             }
         }
-        if !ctx.config.gather.is_zero() && jobs.len() < max {
+        let want = expected.min(max);
+        if !ctx.config.gather.is_zero() && jobs.len() < want {
             let until = tokio::time::Instant::now() + ctx.config.gather;
-            while jobs.len() < max {
+            while jobs.len() < want {
                 match tokio::time::timeout_at(until, rx.recv()).await {
                     Ok(Some(j)) => jobs.push(j),
                     _ => break,
                 }
             }
         }
-        run_batch(&ctx, jobs).await;
+        expected = jobs.len();
+        let run = std::panic::AssertUnwindSafe(run_batch(&ctx, &mut cache, &mut conn, jobs));
+        if futures_lite::FutureExt::catch_unwind(run).await.is_err() {
+            // A job panicked: its callers were told (their answer channels closed); the lane goes on with a new
+            // connection and nothing in memory.
+            tracing::error!("a write batch panicked; its changes were rolled back");
+            conn = None;
+            cache = AccountCache::default();
+        }
     }
 }
 
@@ -221,11 +254,11 @@ fn retryable(e: &StoreError) -> bool {
     matches!(e.db_code().as_deref(), Some("40P01") | Some("40001"))
 }
 
-async fn run_batch(ctx: &LaneCtx, mut jobs: Vec<Box<dyn Job>>) {
-    let mut result = attempt(ctx, &mut jobs).await;
+async fn run_batch(ctx: &LaneCtx, cache: &mut AccountCache, conn: &mut Conn, mut jobs: Vec<Box<dyn Job>>) {
+    let mut result = attempt(ctx, cache, conn, &mut jobs).await;
     for _ in 0..3 {
         match &result {
-            Err(e) if retryable(e) => result = attempt(ctx, &mut jobs).await,
+            Err(e) if retryable(e) => result = attempt(ctx, cache, conn, &mut jobs).await,
             _ => break,
         }
     }
@@ -242,10 +275,10 @@ async fn run_batch(ctx: &LaneCtx, mut jobs: Vec<Box<dyn Job>>) {
             tracing::debug!(error = %e, jobs = jobs.len(), "batch failed; running its jobs one by one");
             for j in jobs {
                 let mut one = vec![j];
-                let mut r = attempt(ctx, &mut one).await;
+                let mut r = attempt(ctx, cache, conn, &mut one).await;
                 for _ in 0..3 {
                     match &r {
-                        Err(e) if retryable(e) => r = attempt(ctx, &mut one).await,
+                        Err(e) if retryable(e) => r = attempt(ctx, cache, conn, &mut one).await,
                         _ => break,
                     }
                 }
@@ -256,17 +289,60 @@ async fn run_batch(ctx: &LaneCtx, mut jobs: Vec<Box<dyn Job>>) {
 }
 
 /// Run `jobs` in one transaction and commit it.
-async fn attempt(ctx: &LaneCtx, jobs: &mut [Box<dyn Job>]) -> Result<(), StoreError> {
-    let mut b = Batch::begin(ctx).await?;
+/// A lane's connection, kept from batch to batch (no pool round trip, statements prepared once).
+type Conn = Option<sqlx::pool::PoolConnection<sqlx::Any>>;
+
+/// Run `jobs` in one transaction and commit it.
+async fn attempt(
+    ctx: &LaneCtx,
+    cache: &mut AccountCache,
+    conn: &mut Conn,
+    jobs: &mut [Box<dyn Job>],
+) -> Result<(), StoreError> {
+    let c = match conn.take() {
+        Some(c) => c,
+        None => {
+            let mut c = ctx.pool.acquire().await?;
+            // Dropped in the middle of a batch (a panic), it must not go back to the pool in a transaction.
+            c.close_on_drop();
+            c
+        }
+    };
+    let mut b = match Batch::begin(ctx, c).await {
+        Ok(b) => b,
+        Err((e, c)) => {
+            *conn = c;
+            return Err(e);
+        }
+    };
+    match run_jobs(ctx, &mut b, cache, jobs).await {
+        Ok(()) => {
+            let (r, c) = b.commit(cache).await;
+            *conn = c;
+            r
+        }
+        Err(e) => {
+            *conn = b.abort().await;
+            Err(e)
+        }
+    }
+}
+
+async fn run_jobs(
+    ctx: &LaneCtx,
+    b: &mut Batch,
+    cache: &mut AccountCache,
+    jobs: &mut [Box<dyn Job>],
+) -> Result<(), StoreError> {
     let mut accounts: Vec<String> = jobs.iter().flat_map(|j| j.plan().accounts.iter().cloned()).collect();
     let keys: Vec<(String, String)> = jobs.iter().flat_map(|j| j.plan().keys.iter().cloned()).collect();
     accounts.sort();
     accounts.dedup();
-    b.prelude(&accounts, &keys).await?;
+    b.prelude(&accounts, &keys, cache).await?;
     for j in jobs.iter_mut() {
         let savepoint = j.plan().savepoint;
         b.start_job(savepoint).await?;
-        let step = j.run(&mut b).await?;
+        let step = j.run(b).await?;
         b.end_job(step).await?;
     }
     b.flush().await?;
@@ -276,7 +352,7 @@ async fn attempt(ctx: &LaneCtx, jobs: &mut [Box<dyn Job>]) -> Result<(), StoreEr
     {
         notify.notified().await;
     }
-    b.commit().await
+    Ok(())
 }
 
 #[cfg(test)]
