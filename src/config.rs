@@ -138,7 +138,7 @@ impl Config {
                 format!("letters, digits, '.', '_' and '-' only, got {amqp_prefix:?}"),
             ));
         }
-        let amqp_prefetch = parse_u64(get("BILLING_AMQP_PREFETCH"), "BILLING_AMQP_PREFETCH", 16)?;
+        let amqp_prefetch = parse_u64(get("BILLING_AMQP_PREFETCH"), "BILLING_AMQP_PREFETCH", 256)?;
         if !(1..=1000).contains(&amqp_prefetch) {
             return Err(invalid("BILLING_AMQP_PREFETCH", "must be between 1 and 1000"));
         }

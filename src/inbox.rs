@@ -9,11 +9,11 @@
 //! never marked failed, and no spurious `event.failed` goes out.
 
 use crate::ledger::Applied;
-use crate::store::inbox::{self as rows, NewEvent, Record};
-use crate::store::{Batch, BoxFuture, InboxRow, InboxStatus, Plan, Step, Store, StoreError};
+use crate::store::inbox::{self as rows, Record};
+use crate::store::{Batch, BoxFuture, InboxRow, InboxStatus, NewInbox, Plan, Seen, Step, Store, StoreError};
 use crate::time::Ts;
 use serde_json::json;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// What a source decided about an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +108,31 @@ pub struct Incoming {
     pub created: Ts,
 }
 
+/// What a job found or did, with the inbox row's id to come with the commit when the row is new.
+struct Draft {
+    receipt: Receipt,
+    id: Option<Arc<OnceLock<i64>>>,
+}
+
+impl Draft {
+    fn done(receipt: Receipt) -> Draft {
+        Draft { receipt, id: None }
+    }
+
+    /// The receipt, once its batch committed.
+    fn finish(self) -> Receipt {
+        let mut r = self.receipt;
+        if let Some(id) = self.id.and_then(|c| c.get().copied()) {
+            r.id = id;
+        }
+        r
+    }
+}
+
+fn answered(d: Draft) -> Result<(Draft, Step), StoreError> {
+    Ok((d, Step::Keep))
+}
+
 impl<S: Source> Inbox<S> {
     /// Store and decide a new event. The job is queued when this is called; the answer comes after its commit.
     pub fn receive(
@@ -117,39 +142,65 @@ impl<S: Source> Inbox<S> {
         now: Ts,
     ) -> impl std::future::Future<Output = Result<Receipt, StoreError>> + Send + use<S> {
         let (source, horizon) = (self.source.clone(), self.horizon_secs);
-        let plan = Plan { accounts: source.accounts(&ev), keys: vec![], savepoint: true };
+        let plan = Plan {
+            accounts: source.accounts(&ev),
+            events: vec![(S::NAME.to_owned(), incoming.event_id.clone())],
+            ..Plan::default()
+        };
         let ev = Arc::new(ev);
-        self.store.submit(plan, move |b: &mut Batch| -> BoxFuture<'_, _> {
+        let done = self.store.submit(plan, move |b: &mut Batch| -> BoxFuture<'_, _> {
             let (source, ev, incoming) = (source.clone(), ev.clone(), incoming.clone());
             Box::pin(async move {
-                let new = NewEvent {
-                    source: S::NAME,
-                    event_id: &incoming.event_id,
-                    kind: &incoming.kind,
-                    payload: &incoming.payload,
-                    created: incoming.created,
-                };
-                match rows::insert(b.tx(), &new, now).await? {
-                    Some(id) => {
-                        let row = Stored {
-                            id,
-                            event_id: &incoming.event_id,
-                            kind: &incoming.kind,
-                            from: InboxStatus::Received,
-                            first_seen: now,
-                            attempts: 1,
-                            again: false,
+                match b.inbox_row(S::NAME, &incoming.event_id).await? {
+                    // Delivered twice in one batch: the first delivery's outcome.
+                    Some(Seen::Added { status, detail, id }) => {
+                        let receipt = Receipt {
+                            id: 0,
+                            event_id: incoming.event_id.clone(),
+                            status,
+                            detail,
+                            duplicate: true,
+                            applied: None,
+                            facts: vec![],
                         };
-                        decide::<S>(b, &source, &row, &ev, now, horizon).await
+                        answered(Draft { receipt, id: Some(id) })
                     }
-                    // Stored before (maybe by a concurrent delivery that committed meanwhile).
-                    None => match rows::find(b.tx(), S::NAME, &incoming.event_id).await? {
-                        Some(row) => again_or_seen::<S>(b, &source, row, Some(&ev), now, horizon).await,
-                        None => Err(StoreError::Corrupt("inbox row vanished".into())),
-                    },
+                    Some(Seen::Stored(row)) => again_or_seen::<S>(b, &source, row, Some(&ev), now, horizon).await,
+                    None => {
+                        let (status, detail, waiting_for, next, account, applied, facts) =
+                            decide::<S>(b, &source, &ev, now, now, 1, horizon).await?;
+                        let id = b.inbox_add(NewInbox {
+                            source: S::NAME.into(),
+                            event_id: incoming.event_id.clone(),
+                            kind: incoming.kind.clone(),
+                            payload: incoming.payload.clone(),
+                            status,
+                            detail: detail.clone(),
+                            waiting_for,
+                            account,
+                            created: incoming.created,
+                            now,
+                            next_attempt_at: next,
+                            id: Default::default(),
+                        });
+                        if status == InboxStatus::Failed {
+                            failed::<S>(b, &incoming.event_id, &incoming.kind, detail.as_deref(), now);
+                        }
+                        let receipt = Receipt {
+                            id: 0,
+                            event_id: incoming.event_id.clone(),
+                            status,
+                            detail,
+                            duplicate: false,
+                            applied,
+                            facts,
+                        };
+                        answered(Draft { receipt, id: Some(id) })
+                    }
                 }
             })
-        })
+        });
+        async move { Ok(done.await?.finish()) }
     }
 
     /// Decide stored row `id` again (replay, a fact it waited for, the retry schedule). An applied or ignored
@@ -162,37 +213,26 @@ impl<S: Source> Inbox<S> {
     ) -> impl std::future::Future<Output = Result<Receipt, StoreError>> + Send + use<S> {
         let (source, horizon) = (self.source.clone(), self.horizon_secs);
         let accounts = ev.as_ref().map(|e| source.accounts(e)).unwrap_or_default();
-        let plan = Plan { accounts, keys: vec![], savepoint: true };
+        let plan = Plan { accounts, ..Plan::default() };
         let ev = ev.map(Arc::new);
-        self.store.submit(plan, move |b: &mut Batch| -> BoxFuture<'_, _> {
+        let done = self.store.submit(plan, move |b: &mut Batch| -> BoxFuture<'_, _> {
             let (source, ev) = (source.clone(), ev.clone());
             Box::pin(async move {
                 let backend = b.backend();
                 let Some(row) = rows::lock(b.tx(), backend, id).await? else {
                     // Gone, or held by another transaction deciding it right now: answer as it stands.
-                    let row = rows::find_by_id(b.tx(), id).await?;
-                    return match row {
-                        Some(row) => Ok((Receipt::seen(&row), Step::Keep)),
+                    return match rows::find_by_id(b.tx(), id).await? {
+                        Some(row) => answered(Draft::done(Receipt::seen(&row))),
                         None => Err(StoreError::Corrupt(format!("no inbox row {id}"))),
                     };
                 };
                 if row.status.is_final() {
-                    return Ok((Receipt::seen(&row), Step::Keep));
+                    return answered(Draft::done(Receipt::seen(&row)));
                 }
-                let parsed;
-                let ev = match &ev {
-                    Some(ev) => ev.as_ref(),
-                    None => match source.parse(&row) {
-                        Ok(e) => {
-                            parsed = e;
-                            &parsed
-                        }
-                        Err(reason) => return fail_unreadable(b, &row, &reason, now).await,
-                    },
-                };
-                decide::<S>(b, &source, &Stored::again(&row), ev, now, horizon).await
+                redecide_locked::<S>(b, &source, row, ev.as_deref(), now, horizon).await
             })
-        })
+        });
+        async move { Ok(done.await?.finish()) }
     }
 
     /// Decide again the events that waited for `facts` (and for the facts those bring, a few rounds deep).
@@ -222,31 +262,50 @@ impl<S: Source> Inbox<S> {
     }
 }
 
-/// A row being decided.
-struct Stored<'a> {
-    id: i64,
-    event_id: &'a str,
-    kind: &'a str,
-    /// The status it was read in (the compare-and-set expects it).
-    from: InboxStatus,
+/// What deciding came to: status, detail, the fact waited for, the next attempt, the account, what was moved,
+/// the facts learned.
+type Decided = (InboxStatus, Option<String>, Option<String>, Option<Ts>, Option<String>, Option<Applied>, Vec<String>);
+
+/// Decide `ev` (first seen at `first_seen`, `attempts` decisions with this one): a failing or waiting decision
+/// changes nothing (it is taken back); waiting past the horizon fails.
+async fn decide<S: Source>(
+    b: &mut Batch,
+    source: &Arc<S>,
+    ev: &S::Event,
+    now: Ts,
     first_seen: Ts,
-    /// Decisions made on it, this one included.
     attempts: i64,
-    again: bool,
+    horizon: i64,
+) -> Result<Decided, StoreError> {
+    b.mark();
+    let decision = source.decide(b, ev, now).await?;
+    match &decision {
+        Decision::Applied { .. } | Decision::Ignored(_) => b.keep(),
+        Decision::Waiting { .. } | Decision::Failed(_) => b.undo(),
+    }
+    Ok(match decision {
+        Decision::Applied { account, facts, applied } => {
+            (InboxStatus::Applied, None, None, None, Some(account), applied, facts)
+        }
+        Decision::Ignored(why) => (InboxStatus::Ignored, Some(why), None, None, None, None, vec![]),
+        Decision::Failed(why) => (InboxStatus::Failed, Some(why), None, None, None, None, vec![]),
+        Decision::Waiting { fact, reason } if now - first_seen >= horizon => {
+            let why = format!(
+                "{reason}: still waiting for {fact} after {} s (BILLING_WAIT_HORIZON_SECS)",
+                now - first_seen
+            );
+            (InboxStatus::Failed, Some(why), None, None, None, None, vec![])
+        }
+        Decision::Waiting { fact, reason } => {
+            (InboxStatus::Waiting, Some(reason), Some(fact), Some(now + retry_delay(attempts)), None, None, vec![])
+        }
+    })
 }
 
-impl<'a> Stored<'a> {
-    fn again(row: &'a InboxRow) -> Self {
-        Stored {
-            id: row.id,
-            event_id: &row.event_id,
-            kind: &row.kind,
-            from: row.status,
-            first_seen: row.first_seen,
-            attempts: row.attempts + 1,
-            again: true,
-        }
-    }
+fn failed<S: Source>(b: &mut Batch, event_id: &str, kind: &str, detail: Option<&str>, now: Ts) {
+    tracing::warn!(source = S::NAME, event_id, error = detail.unwrap_or(""), "event failed; kept for replay");
+    let data = json!({"source": S::NAME, "event_id": event_id, "event_type": kind, "error": detail});
+    b.emit("event.failed", None, data, now);
 }
 
 async fn again_or_seen<S: Source>(
@@ -256,113 +315,79 @@ async fn again_or_seen<S: Source>(
     ev: Option<&S::Event>,
     now: Ts,
     horizon: i64,
-) -> Result<(Receipt, Step), StoreError> {
+) -> Result<(Draft, Step), StoreError> {
     let retry = S::RETRY_ON_REDELIVERY && matches!(row.status, InboxStatus::Failed | InboxStatus::Waiting);
     if !retry {
         rows::seen(b.tx(), row.id, now).await?;
-        return Ok((Receipt::seen(&row), Step::Keep));
+        return answered(Draft::done(Receipt::seen(&row)));
     }
     // Sent again after it failed or while it waits (requeued, posted again): another try.
     let backend = b.backend();
     let Some(row) = rows::lock(b.tx(), backend, row.id).await? else {
-        return Ok((Receipt::seen(&row), Step::Keep));
+        return answered(Draft::done(Receipt::seen(&row)));
     };
     if row.status.is_final() {
-        return Ok((Receipt::seen(&row), Step::Keep));
+        return answered(Draft::done(Receipt::seen(&row)));
     }
-    let stored = Stored::again(&row);
-    match ev {
-        Some(ev) => decide::<S>(b, source, &stored, ev, now, horizon).await,
-        None => match source.parse(&row) {
-            Ok(ev) => decide::<S>(b, source, &stored, &ev, now, horizon).await,
-            Err(reason) => fail_unreadable(b, &row, &reason, now).await,
-        },
-    }
+    redecide_locked::<S>(b, source, row, ev, now, horizon).await
 }
 
-/// A stored payload that no longer parses: failed for good.
-async fn fail_unreadable(b: &mut Batch, row: &InboxRow, reason: &str, now: Ts) -> Result<(Receipt, Step), StoreError> {
-    let rec = Record {
-        status: InboxStatus::Failed,
-        detail: Some(reason),
-        waiting_for: None,
-        account: None,
-        next_attempt_at: None,
-        again: true,
-        now,
-    };
-    if !rows::record(b.tx(), row.id, row.status, &rec).await? {
-        let current = rows::find_by_id(b.tx(), row.id).await?.unwrap_or_else(|| row.clone());
-        return Ok((Receipt::seen(&current), Step::Undo));
-    }
-    Ok((
-        Receipt { status: InboxStatus::Failed, detail: Some(reason.into()), duplicate: false, ..Receipt::seen(row) },
-        Step::Keep,
-    ))
-}
-
-/// Decide an event stored in row `s`, record the outcome (compare-and-set), and emit `event.failed` when it
-/// turns failed. A failing or waiting decision changes nothing but the row.
-async fn decide<S: Source>(
+/// Decide a stored row again, holding its lock; record the outcome only if its status is still the one read.
+async fn redecide_locked<S: Source>(
     b: &mut Batch,
     source: &Arc<S>,
-    s: &Stored<'_>,
-    ev: &S::Event,
+    row: InboxRow,
+    ev: Option<&S::Event>,
     now: Ts,
     horizon: i64,
-) -> Result<(Receipt, Step), StoreError> {
-    b.savepoint().await?;
-    let decision = source.decide(b, ev, now).await?;
-    match &decision {
-        Decision::Applied { .. } | Decision::Ignored(_) => b.release().await?,
-        Decision::Waiting { .. } | Decision::Failed(_) => b.rollback().await?,
-    }
-    let (status, detail, waiting_for, account, next, applied, facts) = match decision {
-        Decision::Applied { account, facts, applied } => {
-            (InboxStatus::Applied, None, None, Some(account), None, applied, facts)
-        }
-        Decision::Ignored(why) => (InboxStatus::Ignored, Some(why), None, None, None, None, vec![]),
-        Decision::Failed(why) => (InboxStatus::Failed, Some(why), None, None, None, None, vec![]),
-        Decision::Waiting { fact, reason } if now - s.first_seen >= horizon => (
-            InboxStatus::Failed,
-            Some(format!(
-                "{reason}: still waiting for {fact} after {} s (BILLING_WAIT_HORIZON_SECS)",
-                now - s.first_seen
-            )),
-            None,
-            None,
-            None,
-            None,
-            vec![],
-        ),
-        Decision::Waiting { fact, reason } => {
-            let next = now + retry_delay(s.attempts);
-            (InboxStatus::Waiting, Some(reason), Some(fact), None, Some(next), None, vec![])
-        }
+) -> Result<(Draft, Step), StoreError> {
+    let parsed;
+    let ev = match ev {
+        Some(ev) => ev,
+        None => match source.parse(&row) {
+            Ok(e) => {
+                parsed = e;
+                &parsed
+            }
+            Err(reason) => {
+                let d = (InboxStatus::Failed, Some(reason), None, None, None, None, vec![]);
+                return record::<S>(b, &row, d, now).await;
+            }
+        },
     };
+    b.mark();
+    let d = decide::<S>(b, source, ev, now, row.first_seen, row.attempts + 1, horizon).await?;
+    let out = record::<S>(b, &row, d, now).await?;
+    match out.1 {
+        Step::Keep => b.keep(),
+        Step::Undo => b.undo(),
+    }
+    Ok((out.0, Step::Keep))
+}
+
+/// Record a decision on a stored row (compare-and-set on the status it was read in); when another writer
+/// decided it meanwhile, theirs stands and this one is to be taken back ([`Step::Undo`]).
+async fn record<S: Source>(b: &mut Batch, row: &InboxRow, d: Decided, now: Ts) -> Result<(Draft, Step), StoreError> {
+    let (status, detail, waiting_for, next, account, applied, facts) = d;
     let rec = Record {
         status,
         detail: detail.as_deref(),
         waiting_for: waiting_for.as_deref(),
         account: account.as_deref(),
         next_attempt_at: next,
-        again: s.again,
+        again: true,
         now,
     };
-    if !rows::record(b.tx(), s.id, s.from, &rec).await? {
-        // Decided meanwhile by someone else: theirs stands, ours is taken back.
-        let current =
-            rows::find_by_id(b.tx(), s.id).await?.ok_or_else(|| StoreError::Corrupt("inbox row vanished".into()))?;
-        return Ok((Receipt::seen(&current), Step::Undo));
+    if !rows::record(b.tx(), row.id, row.status, &rec).await? {
+        let current = rows::find_by_id(b.tx(), row.id).await?.unwrap_or_else(|| row.clone());
+        return Ok((Draft::done(Receipt::seen(&current)), Step::Undo));
     }
-    if status == InboxStatus::Failed && s.from != InboxStatus::Failed {
-        tracing::warn!(source = S::NAME, event_id = %s.event_id, error = detail.as_deref().unwrap_or(""), "event failed; kept for replay");
-        let data = json!({"source": S::NAME, "event_id": s.event_id, "event_type": s.kind, "error": detail});
-        b.emit("event.failed", None, data, now);
+    if status == InboxStatus::Failed && row.status != InboxStatus::Failed {
+        failed::<S>(b, &row.event_id, &row.kind, detail.as_deref(), now);
     }
     let receipt =
-        Receipt { id: s.id, event_id: s.event_id.to_owned(), status, detail, duplicate: false, applied, facts };
-    Ok((receipt, Step::Keep))
+        Receipt { id: row.id, event_id: row.event_id.clone(), status, detail, duplicate: false, applied, facts };
+    Ok((Draft::done(receipt), Step::Keep))
 }
 
 /// Store an event that will not apply (malformed, unknown type, refused before deciding) as failed, with
@@ -374,38 +399,45 @@ pub fn keep_failed(
     reason: String,
     now: Ts,
 ) -> impl std::future::Future<Output = Result<Receipt, StoreError>> + Send + use<> {
-    let plan = Plan { accounts: vec![], keys: vec![], savepoint: true };
-    store.submit(plan, move |b: &mut Batch| -> BoxFuture<'_, _> {
+    let plan = Plan { events: vec![(source.to_owned(), incoming.event_id.clone())], ..Plan::default() };
+    let done = store.submit(plan, move |b: &mut Batch| -> BoxFuture<'_, _> {
         let (incoming, reason) = (incoming.clone(), reason.clone());
         Box::pin(async move {
-            let new = NewEvent {
-                source,
-                event_id: &incoming.event_id,
-                kind: &incoming.kind,
-                payload: &incoming.payload,
-                created: incoming.created,
-            };
-            let Some(id) = rows::insert(b.tx(), &new, now).await? else {
-                let row = rows::find(b.tx(), source, &incoming.event_id).await?;
-                let row = row.ok_or_else(|| StoreError::Corrupt("inbox row vanished".into()))?;
-                return Ok((Receipt::seen(&row), Step::Keep));
-            };
-            let rec = Record {
+            match b.inbox_row(source, &incoming.event_id).await? {
+                Some(Seen::Stored(row)) => return answered(Draft::done(Receipt::seen(&row))),
+                Some(Seen::Added { status, detail, id }) => {
+                    let receipt = Receipt {
+                        id: 0,
+                        event_id: incoming.event_id.clone(),
+                        status,
+                        detail,
+                        duplicate: true,
+                        applied: None,
+                        facts: vec![],
+                    };
+                    return answered(Draft { receipt, id: Some(id) });
+                }
+                None => {}
+            }
+            let id = b.inbox_add(NewInbox {
+                source: source.into(),
+                event_id: incoming.event_id.clone(),
+                kind: incoming.kind.clone(),
+                payload: incoming.payload.clone(),
                 status: InboxStatus::Failed,
-                detail: Some(&reason),
+                detail: Some(reason.clone()),
                 waiting_for: None,
                 account: None,
-                next_attempt_at: None,
-                again: false,
+                created: incoming.created,
                 now,
-            };
-            rows::record(b.tx(), id, InboxStatus::Received, &rec).await?;
+                next_attempt_at: None,
+                id: Default::default(),
+            });
             tracing::warn!(source, event_id = %incoming.event_id, reason = %reason, "event failed; kept for replay");
-            let data =
-                json!({"source": source, "event_id": incoming.event_id, "event_type": incoming.kind, "error": reason});
+            let data = json!({"source": source, "event_id": incoming.event_id, "event_type": incoming.kind, "error": reason});
             b.emit("event.failed", None, data, now);
             let receipt = Receipt {
-                id,
+                id: 0,
                 event_id: incoming.event_id.clone(),
                 status: InboxStatus::Failed,
                 detail: Some(reason.clone()),
@@ -413,9 +445,10 @@ pub fn keep_failed(
                 applied: None,
                 facts: vec![],
             };
-            Ok((receipt, Step::Keep))
+            answered(Draft { receipt, id: Some(id) })
         })
-    })
+    });
+    async move { Ok(done.await?.finish()) }
 }
 
 /// Record `status` on row `id` if it is still in status `from` (a command whose outcome was decided elsewhere,
@@ -428,8 +461,7 @@ pub fn settle(
     detail: Option<String>,
     now: Ts,
 ) -> impl std::future::Future<Output = Result<Receipt, StoreError>> + Send + use<> {
-    let plan = Plan { accounts: vec![], keys: vec![], savepoint: true };
-    store.submit(plan, move |b: &mut Batch| -> BoxFuture<'_, _> {
+    store.submit(Plan::default(), move |b: &mut Batch| -> BoxFuture<'_, _> {
         let detail = detail.clone();
         Box::pin(async move {
             let rec = Record {
@@ -442,8 +474,8 @@ pub fn settle(
                 now,
             };
             let changed = rows::record(b.tx(), id, from, &rec).await?;
-            let row =
-                rows::find_by_id(b.tx(), id).await?.ok_or_else(|| StoreError::Corrupt(format!("no inbox row {id}")))?;
+            let row = rows::find_by_id(b.tx(), id).await?;
+            let row = row.ok_or_else(|| StoreError::Corrupt(format!("no inbox row {id}")))?;
             Ok((Receipt { duplicate: !changed, ..Receipt::seen(&row) }, Step::Keep))
         })
     })

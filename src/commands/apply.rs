@@ -10,7 +10,6 @@ use super::{Command, Kind, SOURCE, parse};
 use crate::catalog::Catalog;
 use crate::inbox::{Decision, Inbox, Incoming, Receipt, Source, keep_failed};
 use crate::ledger::{Op, Source as LotSource};
-use crate::store::inbox as rows;
 use crate::store::{Batch, BoxFuture, InboxRow, InboxStatus, OnMissing, Request, Store, StoreError};
 use crate::stripe::Intake;
 use crate::stripe::event::parse_envelope;
@@ -100,7 +99,7 @@ impl Commands {
         match b.apply(&req, None).await {
             Ok(o) => {
                 if let Some(c) = customer {
-                    rows::link_customer(b.tx(), &c, &account, now).await?;
+                    b.link_customer(&c, &account, now).await?;
                 }
                 let facts = match cmd.kind {
                     Kind::AccountCreated { .. } => vec![format!("account:{account}")],

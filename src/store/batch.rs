@@ -2,15 +2,18 @@
 //! changes applied in memory by the credit rules, and every row written at the end with a few multi-row
 //! statements ([`super::flush`]).
 //!
-//! Why in memory: a debit refused by the rules must not undo the others, and a savepoint per debit would cost
-//! two round trips; the rules already leave an account untouched when they refuse. Jobs that write rows of
-//! their own (the inbox) run in a savepoint, and a journal of the accounts they touched takes back their
-//! in-memory changes with it.
+//! Why in memory: a debit refused by the rules must not undo the others, and a savepoint per change would
+//! cost two round trips; the rules already leave an account untouched when they refuse. New accounts, inbox
+//! rows, Stripe facts and outbox rows wait in memory too ([`Pending`]), so taking back a job or a decision
+//! that failed ([`Batch::mark`], [`Batch::undo`]) is restoring a journal. A job that must write rows directly
+//! opens a real savepoint ([`Batch::savepoint`]).
 
 use super::load::{self, AccountCache, Slot};
+use super::pending::{self, Pending};
+use super::request::{Guard, OnMissing, Outcome, Request};
 use super::writer::{LaneCtx, Step};
 use super::{Backend, StoreError};
-use crate::ledger::{Account, Applied, Op, Subscription};
+use crate::ledger::{Account, Op, Subscription};
 use crate::time::Ts;
 use sqlx::Any;
 use sqlx::pool::PoolConnection;
@@ -18,9 +21,6 @@ use std::collections::{HashMap, HashSet};
 
 /// The connection a batch (or a read) runs its statements on.
 pub type Tx = sqlx::AnyConnection;
-
-/// A precondition checked on the account brought up to date, before the change (an entitlement).
-pub type Guard = std::sync::Arc<dyn Fn(&Account) -> Result<(), crate::ledger::RuleError> + Send + Sync>;
 
 /// The stored answer of an idempotency key.
 #[derive(Debug, Clone)]
@@ -39,13 +39,13 @@ pub(crate) struct NewOutbox {
     pub created_at: Ts,
 }
 
-/// What a job changed, to take back when it is undone.
-#[derive(Default)]
+/// What was changed since a mark or savepoint, to take back.
 struct Journal {
+    /// A savepoint in the database too (its rows written directly are taken back with it).
+    sql: bool,
     slots: HashMap<String, Option<Slot>>,
     effects: Vec<(String, String)>,
-    new_effects: usize,
-    outbox: usize,
+    pending: pending::Mark,
 }
 
 pub struct Batch {
@@ -58,57 +58,13 @@ pub struct Batch {
     effects: HashMap<(String, String), Effect>,
     /// Keys looked up in this batch (found or not).
     probed_keys: HashSet<(String, String)>,
-    pub(crate) new_effects: Vec<(String, String, Effect, Ts)>,
-    pub(crate) outbox: Vec<NewOutbox>,
-    /// One journal per open savepoint, innermost last.
+    /// Payments known to have bought no lot in any account.
+    pub(crate) unbought: HashSet<String>,
+    /// Inbox rows stored before this batch, looked up by (source, event id).
+    pub(crate) inbox: HashMap<(String, String), Option<super::InboxRow>>,
+    pub(crate) pending: Pending,
+    /// One journal per open mark or savepoint, innermost last.
     journals: Vec<Journal>,
-}
-
-/// What a change to an account is.
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub account: String,
-    pub op: Op,
-    /// Recorded on every entry the change makes: `event:..`, `command:..`, `debit:..`.
-    pub cause: String,
-    /// The idempotency key of the request, if it has one.
-    pub key: Option<IdempotencyKey>,
-    pub on_missing: OnMissing,
-    pub now: Ts,
-}
-
-/// An idempotency key and a fingerprint of the request it belongs to: a repeat with the same fingerprint gets
-/// the first answer, with another one a conflict.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdempotencyKey {
-    pub key: String,
-    pub fingerprint: String,
-}
-
-/// What to do when the account does not exist.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnMissing {
-    /// Refuse with `unknown_account`.
-    Refuse,
-    /// Create it (`account.created`): it may get its signup credits.
-    Create,
-    /// Create it because a Stripe event names it: it never gets signup credits (rule 10).
-    CreateFromStripe,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Applied(Applied),
-    /// The key was seen before with the same request: the first answer.
-    Duplicate(Applied),
-}
-
-impl Outcome {
-    pub fn applied(&self) -> &Applied {
-        match self {
-            Outcome::Applied(a) | Outcome::Duplicate(a) => a,
-        }
-    }
 }
 
 fn json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
@@ -149,8 +105,9 @@ impl Batch {
             absent: HashSet::new(),
             effects: HashMap::new(),
             probed_keys: HashSet::new(),
-            new_effects: Vec::new(),
-            outbox: Vec::new(),
+            unbought: HashSet::new(),
+            inbox: HashMap::new(),
+            pending: Pending::default(),
             journals: Vec::new(),
         })
     }
@@ -164,13 +121,17 @@ impl Batch {
         self.backend
     }
 
-    /// Lock and load `accounts` (sorted) and look up `keys`, before any job runs.
+    /// Lock and load `accounts` (sorted), look up `keys` and the inbox rows of `events`, before any job runs.
     pub(crate) async fn prelude(
         &mut self,
         accounts: &[String],
         keys: &[(String, String)],
+        events: &[(String, String)],
         cache: &mut AccountCache,
     ) -> Result<(), StoreError> {
+        if !events.is_empty() {
+            self.inbox.extend(super::inbox::find_many(&mut self.conn, self.backend, events).await?);
+        }
         if accounts.is_empty() {
             return Ok(());
         }
@@ -206,27 +167,36 @@ impl Batch {
             Step::Keep => self.release().await?,
             Step::Undo => self.rollback().await?,
         }
-        debug_assert!(self.journals.is_empty(), "a job left a savepoint open");
+        debug_assert!(self.journals.is_empty(), "a job left a mark or savepoint open");
         Ok(())
     }
 
-    /// Open a savepoint: [`Batch::rollback`] takes back the rows written and the accounts changed since.
+    fn open(&mut self, sql: bool) {
+        let pending = self.pending.mark();
+        self.journals.push(Journal { sql, slots: HashMap::new(), effects: Vec::new(), pending });
+    }
+
+    /// Mark what is there now (in memory only): [`Batch::undo`] takes back the changes made since, as long as
+    /// they went through the batch (accounts, inbox, Stripe facts, outbox). [`Batch::keep`] keeps them.
+    pub fn mark(&mut self) {
+        self.open(false);
+    }
+
+    /// Open a savepoint: [`Batch::rollback`] also takes back rows written directly since.
     pub async fn savepoint(&mut self) -> Result<(), StoreError> {
         let sql = format!("SAVEPOINT sp{}", self.journals.len());
         sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *self.conn).await?;
-        self.journals.push(Journal {
-            new_effects: self.new_effects.len(),
-            outbox: self.outbox.len(),
-            ..Default::default()
-        });
+        self.open(true);
         Ok(())
     }
 
-    /// Keep what was done since the last savepoint.
+    /// Keep what was done since the last mark or savepoint.
     pub async fn release(&mut self) -> Result<(), StoreError> {
-        let top = self.journals.pop().expect("a savepoint is open");
-        let sql = format!("RELEASE SAVEPOINT sp{}", self.journals.len());
-        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *self.conn).await?;
+        let top = self.journals.pop().expect("a mark or savepoint is open");
+        if top.sql {
+            let sql = format!("RELEASE SAVEPOINT sp{}", self.journals.len());
+            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *self.conn).await?;
+        }
         if let Some(parent) = self.journals.last_mut() {
             for (id, before) in top.slots {
                 parent.slots.entry(id).or_insert(before);
@@ -236,12 +206,40 @@ impl Batch {
         Ok(())
     }
 
-    /// Take back what was done since the last savepoint.
+    /// Keep what was done since the last mark (no round trip when it was a mark).
+    pub fn keep(&mut self) {
+        let top = self.journals.last().expect("a mark is open");
+        debug_assert!(!top.sql, "keep() is for marks; release() for savepoints");
+        let top = self.journals.pop().expect("a mark is open");
+        if let Some(parent) = self.journals.last_mut() {
+            for (id, before) in top.slots {
+                parent.slots.entry(id).or_insert(before);
+            }
+            parent.effects.extend(top.effects);
+        }
+    }
+
+    /// Take back what was done since the last mark or savepoint.
     pub async fn rollback(&mut self) -> Result<(), StoreError> {
-        let top = self.journals.pop().expect("a savepoint is open");
-        let name = format!("sp{}", self.journals.len());
-        sqlx::query(sqlx::AssertSqlSafe(format!("ROLLBACK TO SAVEPOINT {name}"))).execute(&mut *self.conn).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("RELEASE SAVEPOINT {name}"))).execute(&mut *self.conn).await?;
+        let top = self.journals.pop().expect("a mark or savepoint is open");
+        if top.sql {
+            let name = format!("sp{}", self.journals.len());
+            let conn = &mut *self.conn;
+            sqlx::query(sqlx::AssertSqlSafe(format!("ROLLBACK TO SAVEPOINT {name}"))).execute(&mut *conn).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("RELEASE SAVEPOINT {name}"))).execute(&mut *conn).await?;
+        }
+        self.restore(top);
+        Ok(())
+    }
+
+    /// Take back what was done since the last mark.
+    pub fn undo(&mut self) {
+        let top = self.journals.pop().expect("a mark is open");
+        debug_assert!(!top.sql, "undo() is for marks; rollback() for savepoints");
+        self.restore(top);
+    }
+
+    fn restore(&mut self, top: Journal) {
         for (id, before) in top.slots {
             match before {
                 Some(slot) => {
@@ -255,12 +253,10 @@ impl Batch {
         for k in top.effects {
             self.effects.remove(&k);
         }
-        self.new_effects.truncate(top.new_effects);
-        self.outbox.truncate(top.outbox);
-        Ok(())
+        self.pending.back_to(top.pending);
     }
 
-    /// Remember an account's state before it is first changed since the last savepoint.
+    /// Remember an account's state before it is first changed since the last mark or savepoint.
     fn touch(&mut self, account: &str) {
         if let Some(j) = self.journals.last_mut()
             && !j.slots.contains_key(account)
@@ -274,33 +270,28 @@ impl Batch {
         self.slots.contains_key(account)
     }
 
-    /// Make sure `account` is loaded (locking it), creating it when `on_missing` says so.
+    /// Make sure `account` is loaded (locking it), creating it when `on_missing` says so. A new account is
+    /// written with the batch; if another writer created it meanwhile, the batch fails and is run again.
     pub async fn load(&mut self, account: &str, on_missing: OnMissing, now: Ts) -> Result<(), StoreError> {
         if self.slots.contains_key(account) {
             return Ok(());
         }
-        self.touch(account);
-        if on_missing != OnMissing::Refuse {
-            let no_signup = on_missing == OnMissing::CreateFromStripe;
-            sqlx::query(
-                "INSERT INTO accounts (id, created_at, updated_at, signup_granted) VALUES ($1, $2, $2, $3) \
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(account)
-            .bind(now)
-            .bind(no_signup as i64)
-            .execute(&mut *self.conn)
-            .await?;
-            self.absent.remove(account);
-        } else if self.absent.contains(account) {
-            return Err(StoreError::UnknownAccount(account.into()));
-        }
-        let slots = load::lock_and_load(&mut self.conn, self.backend, &[account.to_owned()]).await?;
-        if slots.is_empty() {
+        if !self.absent.contains(account) {
+            let slots = load::lock_and_load(&mut self.conn, self.backend, &[account.to_owned()]).await?;
+            if !slots.is_empty() {
+                self.touch(account);
+                self.slots.extend(slots);
+                return Ok(());
+            }
             self.absent.insert(account.to_owned());
+        }
+        if on_missing == OnMissing::Refuse {
             return Err(StoreError::UnknownAccount(account.into()));
         }
-        self.slots.extend(slots);
+        self.touch(account);
+        let mut a = Account::new(account);
+        a.signup_granted = on_missing == OnMissing::CreateFromStripe;
+        self.slots.insert(account.to_owned(), Slot::new_account(a, now));
         Ok(())
     }
 
@@ -311,7 +302,7 @@ impl Batch {
 
     async fn effect(&mut self, account: &str, key: &str) -> Result<Option<Effect>, StoreError> {
         let k = (account.to_owned(), key.to_owned());
-        if !self.probed_keys.contains(&k) {
+        if !self.probed_keys.contains(&k) && !self.slots.get(account).is_some_and(|s| s.is_new) {
             let found = load::effects(&mut self.conn, std::slice::from_ref(&k)).await?;
             self.effects.extend(found);
             self.probed_keys.insert(k.clone());
@@ -354,7 +345,7 @@ impl Batch {
         for ev in crate::ledger::events::events_of(&slot.account, before, &changed, low) {
             let mut data = ev.data;
             data["cause"] = serde_json::Value::String(req.cause.clone());
-            self.outbox.push(outbox_row(ev.kind, Some(&req.account), data, req.now));
+            self.pending.outbox.push(outbox_row(ev.kind, Some(&req.account), data, req.now));
         }
         let m = crate::metrics::global();
         for e in &slot.account.entries {
@@ -369,7 +360,7 @@ impl Batch {
             };
             let id = (req.account.clone(), k.key.clone());
             self.effects.insert(id.clone(), effect.clone());
-            self.new_effects.push((id.0.clone(), id.1.clone(), effect, req.now));
+            self.pending.effects.push((id.0.clone(), id.1.clone(), effect, req.now));
             if let Some(j) = self.journals.last_mut() {
                 j.effects.push(id);
             }
@@ -384,7 +375,9 @@ impl Batch {
             match op {
                 Op::Grant { lot_id, .. } | Op::Refund { payment: lot_id, .. } => {
                     let slot = self.slots.get_mut(account).expect("loaded");
-                    if !slot.account.lots.iter().any(|l| &l.id == lot_id)
+                    if !slot.is_new
+                        && !self.unbought.contains(lot_id)
+                        && !slot.account.lots.iter().any(|l| &l.id == lot_id)
                         && slot.probed.insert(lot_id.clone())
                         && let Some(lot) = load::lot(&mut self.conn, account, lot_id).await?
                     {
@@ -397,7 +390,8 @@ impl Batch {
                 Op::HoldCreate { id, .. } | Op::HoldCapture { id, .. } | Op::HoldRelease { id } => {
                     let slot = self.slots.get_mut(account).expect("loaded");
                     let hold_key = format!("hold:{id}");
-                    if !slot.account.holds.iter().any(|h| &h.id == id)
+                    if !slot.is_new
+                        && !slot.account.holds.iter().any(|h| &h.id == id)
                         && slot.probed.insert(hold_key)
                         && let Some(h) = load::hold(&mut self.conn, account, id).await?
                     {
@@ -409,39 +403,6 @@ impl Batch {
             }
         }
         Ok(())
-    }
-
-    /// Write an outgoing event with the batch (for events not caused by a change to an account).
-    pub fn emit(&mut self, kind: &str, account: Option<&str>, data: serde_json::Value, now: Ts) {
-        self.outbox.push(outbox_row(kind, account, data, now));
-    }
-
-    /// The account that holds the lot bought by `payment`, looking at changes not yet written first.
-    pub async fn payment_account(&mut self, payment: &str) -> Result<Option<String>, StoreError> {
-        for (id, s) in &self.slots {
-            if s.account.lots.iter().any(|l| l.id == payment) {
-                return Ok(Some(id.clone()));
-            }
-        }
-        let q = sqlx::query_scalar("SELECT account_id FROM lots WHERE id = $1 LIMIT 1");
-        Ok(q.bind(payment).fetch_optional(&mut *self.conn).await?)
-    }
-
-    /// The account that holds subscription `sub`, looking at changes not yet written first.
-    pub async fn subscription_account(&mut self, sub: &str) -> Result<Option<String>, StoreError> {
-        let mut ids: Vec<&String> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| s.account.subscriptions.iter().any(|x| x.id == sub))
-            .map(|(id, _)| id)
-            .collect();
-        ids.sort();
-        if let Some(id) = ids.first() {
-            return Ok(Some((*id).clone()));
-        }
-        let q =
-            sqlx::query_scalar("SELECT account_id FROM subscriptions WHERE id = $1 ORDER BY updated_at DESC LIMIT 1");
-        Ok(q.bind(sub).fetch_optional(&mut *self.conn).await?)
     }
 
     /// Write every change of the batch.

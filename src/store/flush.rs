@@ -1,5 +1,7 @@
-//! Writing a batch: what changed in every account since it was loaded, with a few multi-row statements per
-//! table (upserts for lots, subscriptions, holds and accounts; inserts for entries, outbox rows and keys).
+//! Writing a batch: what changed in every account since it was loaded and what waits in [`super::pending`], in
+//! one statement on PostgreSQL (data-modifying `WITH` parts, array parameters) and one statement per table on
+//! SQLite. New accounts and new inbox rows are inserted only if no other writer stored them meanwhile; if one
+//! did, the batch fails as a conflict and is run again, seeing them.
 
 use super::batch::{Batch, Tx};
 use super::load::params;
@@ -23,21 +25,27 @@ const ENTRIES: usize = 4;
 const ACCOUNTS: usize = 5;
 const OUTBOX: usize = 6;
 const EFFECTS: usize = 7;
+const NEW_ACCOUNTS: usize = 8;
+const INBOX: usize = 9;
+const LINKS: usize = 10;
+const PRICES: usize = 11;
 
 /// Every table a batch writes, in the order of the PostgreSQL statement's parameters.
-static TABLES: [pg::Table; 8] = [
+static TABLES: [pg::Table; 12] = [
     pg::Table {
         insert: "INSERT INTO lots (account_id, id, source, amount, remaining, granted_at, expires_at, subscription_id, cycle_start, clawed)",
         types: &[Text, Text, Text, Int, Int, Int, Int, Text, Int, Int],
         tail: " ON CONFLICT (account_id, id) DO UPDATE SET amount = excluded.amount, remaining = excluded.remaining, \
                expires_at = excluded.expires_at, clawed = excluded.clawed",
         ordered: false,
+        returning: None,
     },
     pg::Table {
         insert: "INSERT INTO subscriptions (id, account_id, state, updated_at)",
         types: &[Text, Text, Text, Int],
         tail: " ON CONFLICT (account_id, id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
         ordered: false,
+        returning: None,
     },
     pg::Table {
         insert: "INSERT INTO holds (id, account_id, status, amount, deadline, state, created_at, updated_at)",
@@ -45,18 +53,21 @@ static TABLES: [pg::Table; 8] = [
         tail: " ON CONFLICT (account_id, id) DO UPDATE SET status = excluded.status, state = excluded.state, \
                updated_at = excluded.updated_at",
         ordered: false,
+        returning: None,
     },
     pg::Table {
         insert: "INSERT INTO members (account_id, user_id, added_at)",
         types: &[Text, Text, Int],
         tail: "",
         ordered: false,
+        returning: None,
     },
     pg::Table {
         insert: "INSERT INTO entries (account_id, at, kind, amount, lot_id, balance_after, cause, user_id, operation, shortfall, recorded_at)",
         types: &[Text, Int, Text, Int, Text, Int, Text, Text, Text, Int, Int],
         tail: "",
         ordered: true,
+        returning: None,
     },
     pg::Table {
         insert: "INSERT INTO accounts (id, balance, signup_granted, next_due_at, created_at, updated_at, version)",
@@ -64,18 +75,50 @@ static TABLES: [pg::Table; 8] = [
         tail: " ON CONFLICT (id) DO UPDATE SET balance = excluded.balance, signup_granted = excluded.signup_granted, \
                next_due_at = excluded.next_due_at, updated_at = excluded.updated_at, version = excluded.version",
         ordered: false,
+        returning: None,
     },
     pg::Table {
         insert: "INSERT INTO outbox (event_id, account_id, type, payload, created_at)",
         types: &[Text, Text, Text, Text, Int],
         tail: "",
         ordered: true,
+        returning: None,
     },
     pg::Table {
         insert: "INSERT INTO effects (account_id, key, request, response, created_at)",
         types: &[Text, Text, Text, Text, Int],
         tail: "",
         ordered: false,
+        returning: None,
+    },
+    pg::Table {
+        insert: "INSERT INTO accounts (id, balance, signup_granted, next_due_at, created_at, updated_at, version)",
+        types: &[Text, Int, Int, Int, Int, Int, Int],
+        tail: " ON CONFLICT (id) DO NOTHING",
+        ordered: false,
+        returning: Some(("a", "0::bigint, id, NULL::text")),
+    },
+    pg::Table {
+        insert: "INSERT INTO inbox (source, event_id, type, payload, status, detail, waiting_for, account_id, attempts, \
+                 event_created, first_seen, last_seen, next_attempt_at)",
+        types: &[Text, Text, Text, Text, Text, Text, Text, Text, Int, Int, Int, Int, Int],
+        tail: " ON CONFLICT (source, event_id) DO NOTHING",
+        ordered: true,
+        returning: Some(("i", "id, source, event_id")),
+    },
+    pg::Table {
+        insert: "INSERT INTO stripe_customers (customer_id, account_id, linked_at)",
+        types: &[Text, Text, Int],
+        tail: " ON CONFLICT (customer_id) DO NOTHING",
+        ordered: false,
+        returning: None,
+    },
+    pg::Table {
+        insert: "INSERT INTO stripe_prices (id, object, seen_at)",
+        types: &[Text, Text, Int],
+        tail: " ON CONFLICT (id) DO UPDATE SET object = excluded.object, seen_at = excluded.seen_at",
+        ordered: false,
+        returning: None,
     },
 ];
 
@@ -94,6 +137,10 @@ impl Rows {
         self.table.types.len()
     }
 
+    fn rows(&self) -> usize {
+        self.args.len() / self.cols()
+    }
+
     fn push(&mut self, row: Vec<Arg>) {
         debug_assert_eq!(row.len(), self.cols());
         self.args.extend(row);
@@ -106,22 +153,26 @@ impl Rows {
         format!("{} VALUES {}{}", self.table.insert, values.join(", "), self.table.tail)
     }
 
-    /// Write the rows with `VALUES` statements (SQLite).
-    async fn run(self, tx: &mut Tx) -> Result<(), StoreError> {
+    /// Write the rows with `VALUES` statements (SQLite); the rows its `RETURNING` gives, tagged.
+    async fn run(self, tx: &mut Tx) -> Result<Vec<Returned>, StoreError> {
         let cols = self.cols();
+        let mut out = Vec::new();
         // Well under SQLite's 32,766 parameters a statement.
         let per = (30_000 / cols).max(1);
         let mut args = self.args.into_iter().peekable();
         while args.peek().is_some() {
             let chunk: Vec<Arg> = args.by_ref().take(per * cols).collect();
-            let sql = Rows { table: self.table, args: Vec::new() }.values_sql(chunk.len() / cols);
+            let mut sql = Rows { table: self.table, args: Vec::new() }.values_sql(chunk.len() / cols);
+            if let Some((tag, cols)) = self.table.returning {
+                sql.push_str(&format!(" RETURNING '{tag}' AS t, {}", cols.replace("::bigint", "").replace("::text", "")));
+            }
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
             for a in chunk {
                 q = bind(q, a);
             }
-            q.execute(&mut *tx).await?;
+            out.extend(returned(q.fetch_all(&mut *tx).await?)?);
         }
-        Ok(())
+        Ok(out)
     }
 
     /// The column arrays of the rows (PostgreSQL).
@@ -158,18 +209,29 @@ fn bind(q: AnyQuery<'_>, a: Arg) -> AnyQuery<'_> {
     }
 }
 
+/// A row an insert gave back: `a` and the id of a new account, `i` and an inbox row's id, source and event id.
+type Returned = (String, i64, Option<String>, Option<String>);
+
+fn returned(rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<Returned>, StoreError> {
+    use sqlx::Row;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))).collect()
+}
+
 /// Write every table: on PostgreSQL with one prepared statement for the whole batch; on SQLite (in process)
-/// one `VALUES` statement per table with rows.
-async fn run_all(tx: &mut Tx, postgres: bool, all: Vec<Rows>) -> Result<(), StoreError> {
+/// one `VALUES` statement per table with rows, in table order (new accounts before the rows that refer to them).
+async fn run_all(tx: &mut Tx, postgres: bool, mut all: Vec<Rows>) -> Result<Vec<Returned>, StoreError> {
     if !postgres {
+        // New accounts first: SQLite checks foreign keys at each statement.
+        let new = all.remove(NEW_ACCOUNTS);
+        let mut out = new.run(tx).await?;
         for r in all.into_iter().filter(|r| !r.args.is_empty()) {
-            r.run(tx).await?;
+            out.extend(r.run(tx).await?);
         }
-        return Ok(());
+        return Ok(out);
     }
     let mask = all.iter().enumerate().filter(|(_, r)| !r.args.is_empty()).fold(0u32, |m, (i, _)| m | 1 << i);
     if mask == 0 {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let mut q = sqlx::query(sqlx::AssertSqlSafe(pg::write_statement(&TABLES, mask)));
     for r in all.iter().filter(|r| !r.args.is_empty()) {
@@ -177,8 +239,7 @@ async fn run_all(tx: &mut Tx, postgres: bool, all: Vec<Rows>) -> Result<(), Stor
             q = q.bind(array);
         }
     }
-    q.execute(&mut *tx).await?;
-    Ok(())
+    returned(q.fetch_all(&mut *tx).await?)
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> String {
@@ -194,6 +255,7 @@ pub(crate) async fn write(b: &mut Batch) -> Result<(), StoreError> {
     let mut gone_members: Vec<(String, String)> = Vec::new();
     let mut entries = Rows::new(ENTRIES);
     let mut accounts = Rows::new(ACCOUNTS);
+    let mut new_accounts = Rows::new(NEW_ACCOUNTS);
     let mut ids: Vec<&String> = b.slots.iter().filter(|(_, s)| s.dirty).map(|(id, _)| id).collect();
     ids.sort();
     for id in ids {
@@ -250,7 +312,7 @@ pub(crate) async fn write(b: &mut Batch) -> Result<(), StoreError> {
                 Arg::Int(*recorded),
             ]);
         }
-        accounts.push(vec![
+        let row = vec![
             Arg::Text(id.clone()),
             Arg::Int(a.balance),
             Arg::Int(a.signup_granted as i64),
@@ -258,10 +320,16 @@ pub(crate) async fn write(b: &mut Batch) -> Result<(), StoreError> {
             Arg::Int(s.created_at),
             Arg::Int(now),
             Arg::Int(s.version + 1),
-        ]);
+        ];
+        if s.is_new {
+            new_accounts.push(row);
+        } else {
+            accounts.push(row);
+        }
     }
+    let pending = std::mem::take(&mut b.pending);
     let mut outbox = Rows::new(OUTBOX);
-    for o in b.outbox.drain(..) {
+    for o in pending.outbox {
         outbox.push(vec![
             Arg::Text(o.event_id),
             Arg::OptText(o.account),
@@ -271,7 +339,7 @@ pub(crate) async fn write(b: &mut Batch) -> Result<(), StoreError> {
         ]);
     }
     let mut effects = Rows::new(EFFECTS);
-    for (account, key, e, now) in b.new_effects.drain(..) {
+    for (account, key, e, now) in pending.effects {
         effects.push(vec![
             Arg::Text(account),
             Arg::Text(key),
@@ -280,9 +348,63 @@ pub(crate) async fn write(b: &mut Batch) -> Result<(), StoreError> {
             Arg::Int(now),
         ]);
     }
+    let mut inbox = Rows::new(INBOX);
+    let mut cells = std::collections::HashMap::new();
+    for r in &pending.inbox {
+        inbox.push(vec![
+            Arg::Text(r.source.clone()),
+            Arg::Text(r.event_id.clone()),
+            Arg::Text(r.kind.clone()),
+            Arg::Text(r.payload.clone()),
+            Arg::Text(r.status.as_str().into()),
+            Arg::OptText(r.detail.clone()),
+            Arg::OptText(r.waiting_for.clone()),
+            Arg::OptText(r.account.clone()),
+            Arg::Int(1),
+            Arg::Int(r.created),
+            Arg::Int(r.now),
+            Arg::Int(r.now),
+            Arg::OptInt(r.next_attempt_at),
+        ]);
+        cells.insert((r.source.clone(), r.event_id.clone()), r.id.clone());
+    }
+    let mut links = Rows::new(LINKS);
+    for (customer, account, now) in pending.links {
+        links.push(vec![Arg::Text(customer), Arg::Text(account), Arg::Int(now)]);
+    }
+    // The last object seen of each price (one row per price in one statement).
+    let mut prices = Rows::new(PRICES);
+    let mut last: Vec<(String, String, i64)> = Vec::new();
+    for p in pending.prices.into_iter().rev() {
+        if !last.iter().any(|(id, _, _)| *id == p.0) {
+            last.push(p);
+        }
+    }
+    for (id, object, now) in last {
+        prices.push(vec![Arg::Text(id), Arg::Text(object), Arg::Int(now)]);
+    }
+    let expect_new = new_accounts.rows();
+    let expect_inbox = inbox.rows();
     let postgres = b.backend() == super::Backend::Postgres;
     let tx = b.tx();
-    run_all(tx, postgres, vec![lots, subs, holds, members, entries, accounts, outbox, effects]).await?;
+    let all = vec![lots, subs, holds, members, entries, accounts, outbox, effects, new_accounts, inbox, links, prices];
+    let got = run_all(tx, postgres, all).await?;
+    let created = got.iter().filter(|r| r.0 == "a").count();
+    if created != expect_new {
+        return Err(StoreError::Conflict(format!("{} of {expect_new} new accounts existed", expect_new - created)));
+    }
+    let mut stored = 0;
+    for (_, id, source, event) in got.into_iter().filter(|r| r.0 == "i") {
+        if let (Some(source), Some(event)) = (source, event)
+            && let Some(cell) = cells.get(&(source, event))
+        {
+            let _ = cell.set(id);
+            stored += 1;
+        }
+    }
+    if stored != expect_inbox {
+        return Err(StoreError::Conflict(format!("{} of {expect_inbox} events were stored meanwhile", expect_inbox - stored)));
+    }
     for (account, user) in gone_members {
         sqlx::query("DELETE FROM members WHERE account_id = $1 AND user_id = $2")
             .bind(account)

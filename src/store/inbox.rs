@@ -107,16 +107,6 @@ pub struct InboxFilter {
     pub limit: i64,
 }
 
-/// A new inbox row.
-#[derive(Debug, Clone)]
-pub struct NewEvent<'a> {
-    pub source: &'a str,
-    pub event_id: &'a str,
-    pub kind: &'a str,
-    pub payload: &'a str,
-    pub created: Ts,
-}
-
 /// The outcome to record on a row.
 #[derive(Debug, Clone)]
 pub struct Record<'a> {
@@ -202,27 +192,50 @@ pub async fn find(tx: &mut Tx, source: &str, event_id: &str) -> Result<Option<In
     sqlx::query(q).bind(source).bind(event_id).fetch_optional(&mut *tx).await?.as_ref().map(row).transpose()
 }
 
+/// The rows of (source, event id) pairs, `None` for those not stored.
+pub async fn find_many(
+    tx: &mut Tx,
+    backend: Backend,
+    events: &[(String, String)],
+) -> Result<std::collections::HashMap<(String, String), Option<InboxRow>>, StoreError> {
+    let mut out: std::collections::HashMap<(String, String), Option<InboxRow>> =
+        events.iter().map(|e| (e.clone(), None)).collect();
+    let found = if backend == Backend::Postgres {
+        let cols: Vec<String> = COLUMNS.split(", ").map(|c| format!("i.{c}")).collect();
+        let q = sql(format!(
+            "SELECT {} FROM unnest($1::text[], $2::text[]) AS w(s, e) CROSS JOIN LATERAL \
+             (SELECT {COLUMNS} FROM inbox WHERE source = w.s AND event_id = w.e LIMIT 1) i",
+            cols.join(", ")
+        ));
+        sqlx::query(q)
+            .bind(super::pg::text_array(events.iter().map(|(s, _)| Some(s.as_str()))))
+            .bind(super::pg::text_array(events.iter().map(|(_, e)| Some(e.as_str()))))
+            .fetch_all(&mut *tx)
+            .await?
+    } else {
+        let mut rows = Vec::new();
+        for chunk in events.chunks(400) {
+            let pairs: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
+            let q = sql(format!("SELECT {COLUMNS} FROM inbox WHERE (source, event_id) IN ({})", pairs.join(", ")));
+            let mut q = sqlx::query(q).persistent(false);
+            for (s, e) in chunk {
+                q = q.bind(s).bind(e);
+            }
+            rows.extend(q.fetch_all(&mut *tx).await?);
+        }
+        rows
+    };
+    for r in &found {
+        let r = row(r)?;
+        out.insert((r.source.clone(), r.event_id.clone()), Some(r));
+    }
+    Ok(out)
+}
+
 /// A row by id as this transaction sees it.
 pub async fn find_by_id(tx: &mut Tx, id: i64) -> Result<Option<InboxRow>, StoreError> {
     let q = sql(format!("SELECT {COLUMNS} FROM inbox WHERE id = $1"));
     sqlx::query(q).bind(id).fetch_optional(&mut *tx).await?.as_ref().map(row).transpose()
-}
-
-/// Store a new event as received; `None` when it is stored already.
-pub async fn insert(tx: &mut Tx, ev: &NewEvent<'_>, now: Ts) -> Result<Option<i64>, StoreError> {
-    let id: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO inbox (source, event_id, type, payload, status, event_created, first_seen, last_seen) \
-         VALUES ($1, $2, $3, $4, 'received', $5, $6, $6) ON CONFLICT (source, event_id) DO NOTHING RETURNING id",
-    )
-    .bind(ev.source)
-    .bind(ev.event_id)
-    .bind(ev.kind)
-    .bind(ev.payload)
-    .bind(ev.created)
-    .bind(now)
-    .fetch_optional(&mut *tx)
-    .await?;
-    Ok(id)
 }
 
 /// Lock a row to decide it again; `None` when it does not exist or another transaction holds it (deciding it
@@ -259,35 +272,9 @@ pub async fn seen(tx: &mut Tx, id: i64, now: Ts) -> Result<(), StoreError> {
     Ok(())
 }
 
-pub async fn link_customer(tx: &mut Tx, customer: &str, account: &str, now: Ts) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO stripe_customers (customer_id, account_id, linked_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (customer_id) DO NOTHING",
-    )
-    .bind(customer)
-    .bind(account)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
 pub async fn customer_account(tx: &mut Tx, customer: &str) -> Result<Option<String>, StoreError> {
     let q = sqlx::query_scalar("SELECT account_id FROM stripe_customers WHERE customer_id = $1");
     Ok(q.bind(customer).fetch_optional(&mut *tx).await?)
-}
-
-pub async fn record_price(tx: &mut Tx, id: &str, object: &str, now: Ts) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO stripe_prices (id, object, seen_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (id) DO UPDATE SET object = excluded.object, seen_at = excluded.seen_at",
-    )
-    .bind(id)
-    .bind(object)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }
 
 pub async fn price_object(tx: &mut Tx, id: &str) -> Result<Option<String>, StoreError> {

@@ -21,6 +21,8 @@ pub(crate) struct Slot {
     /// The account row's version as loaded: every write of the account's rows bumps it.
     pub version: i64,
     pub dirty: bool,
+    /// Created in this batch: not in the database yet.
+    pub is_new: bool,
     /// Lots and holds (`hold:ID`) looked up by id, found or not (valid while the version is).
     pub probed: HashSet<String>,
 }
@@ -36,6 +38,21 @@ pub(crate) struct Base {
 }
 
 impl Slot {
+    /// An account created now (written with the batch).
+    pub fn new_account(account: Account, now: Ts) -> Slot {
+        Slot {
+            account,
+            base: Base::default(),
+            entries: Vec::new(),
+            created_at: now,
+            updated_at: now,
+            version: 0,
+            dirty: true,
+            is_new: true,
+            probed: HashSet::new(),
+        }
+    }
+
     /// Take the entries the rules just produced, to be written with the batch.
     pub fn note_change(&mut self, now: Ts) {
         self.entries.extend(self.account.entries.drain(..).map(|e| (e, now)));
@@ -76,6 +93,7 @@ impl Slot {
         self.probed.clear();
         self.version += 1;
         self.dirty = false;
+        self.is_new = false;
     }
 }
 
@@ -175,6 +193,7 @@ fn slot_of_head(r: &AnyRow) -> Result<(String, Slot), StoreError> {
         updated_at: r.try_get("updated_at")?,
         version: r.try_get("version")?,
         dirty: false,
+        is_new: false,
         probed: HashSet::new(),
     };
     Ok((id, slot))

@@ -8,18 +8,24 @@
 
 mod account;
 mod batch;
+mod facts;
 mod flush;
 pub mod inbox;
 mod keys;
 mod load;
 mod migrate;
 mod outbox;
+mod pending;
 mod pg;
 mod read;
+mod request;
 mod usage;
 pub mod writer;
 
-pub use batch::{Batch, Guard, IdempotencyKey, OnMissing, Outcome, Request, Tx};
+pub use batch::{Batch, Tx};
+pub use facts::Seen;
+pub use pending::NewInbox;
+pub use request::{Guard, IdempotencyKey, OnMissing, Outcome, Request};
 pub use inbox::{InboxFilter, InboxRow, InboxStatus};
 pub use keys::{KEY_TTL, KeyInfo, Scope};
 pub use outbox::{Lease, OutboxRow};
@@ -69,6 +75,9 @@ pub enum StoreError {
     Folder { path: String, source: std::io::Error },
     #[error("the store is shutting down")]
     Closed,
+    /// Another writer wrote the same new row first (an account, an inbox row): the batch is run again.
+    #[error("written concurrently: {0}")]
+    Conflict(String),
 }
 
 impl StoreError {
@@ -82,7 +91,7 @@ impl StoreError {
 
     /// A failure of the database or of the writer (retry later), not an answer about the request.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Db(_) | StoreError::Closed)
+        matches!(self, StoreError::Db(_) | StoreError::Closed | StoreError::Conflict(_))
     }
 }
 

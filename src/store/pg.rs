@@ -97,6 +97,8 @@ pub struct Table {
     pub tail: &'static str,
     /// Rows must get their serial ids in the order given (entries, outbox).
     pub ordered: bool,
+    /// A tag and the columns the statement gives back for its rows (text, bigint, text, text).
+    pub returning: Option<(&'static str, &'static str)>,
 }
 
 /// The statement that writes the tables of `tables` whose bit is set in `mask`, parameters numbered table
@@ -106,6 +108,7 @@ pub fn write_statement(tables: &[Table], mask: u32) -> &'static str {
     let mut known = SQL.get_or_init(Default::default).lock().expect("statements");
     known.entry(mask).or_insert_with(|| {
         let mut parts = Vec::new();
+        let mut back: Vec<String> = Vec::new();
         let mut n = 1;
         for (i, t) in tables.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0) {
             let args: Vec<String> = t
@@ -128,9 +131,19 @@ pub fn write_statement(tables: &[Table], mask: u32) -> &'static str {
             } else {
                 format!("SELECT * FROM unnest({})", args.join(", "))
             };
-            parts.push(format!("w{i} AS ({} {select}{} RETURNING 1)", t.insert, t.tail));
+            let returning = match t.returning {
+                Some((tag, cols)) => {
+                    back.push(format!("SELECT '{tag}'::text AS t, {cols} FROM w{i}"));
+                    cols
+                }
+                None => "1",
+            };
+            parts.push(format!("w{i} AS ({} {select}{} RETURNING {returning})", t.insert, t.tail));
         }
-        Box::leak(format!("WITH {} SELECT 1", parts.join(", ")).into_boxed_str())
+        if back.is_empty() {
+            back.push("SELECT NULL::text AS t, 0::bigint, NULL::text, NULL::text WHERE false".into());
+        }
+        Box::leak(format!("WITH {} {}", parts.join(", "), back.join(" UNION ALL ")).into_boxed_str())
     })
 }
 

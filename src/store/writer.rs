@@ -33,6 +33,8 @@ pub struct Plan {
     pub accounts: Vec<String>,
     /// Idempotency keys (account, key) to look up with the accounts.
     pub keys: Vec<(String, String)>,
+    /// Inbox rows (source, event id) to look up with the accounts.
+    pub events: Vec<(String, String)>,
     /// The job writes rows itself (not only through [`Batch::apply`]): it runs inside a savepoint, so that
     /// [`Step::Undo`] takes back its rows as well as its changes to accounts.
     pub savepoint: bool,
@@ -251,7 +253,7 @@ async fn lane(mut rx: mpsc::UnboundedReceiver<Box<dyn Job>>, ctx: LaneCtx) {
 /// Errors after which the same batch may simply be run again: a deadlock or serialization failure chose it as
 /// the victim.
 fn retryable(e: &StoreError) -> bool {
-    matches!(e.db_code().as_deref(), Some("40P01") | Some("40001"))
+    matches!(e, StoreError::Conflict(_)) || matches!(e.db_code().as_deref(), Some("40P01") | Some("40001"))
 }
 
 async fn run_batch(ctx: &LaneCtx, cache: &mut AccountCache, conn: &mut Conn, mut jobs: Vec<Box<dyn Job>>) {
@@ -336,9 +338,10 @@ async fn run_jobs(
 ) -> Result<(), StoreError> {
     let mut accounts: Vec<String> = jobs.iter().flat_map(|j| j.plan().accounts.iter().cloned()).collect();
     let keys: Vec<(String, String)> = jobs.iter().flat_map(|j| j.plan().keys.iter().cloned()).collect();
+    let events: Vec<(String, String)> = jobs.iter().flat_map(|j| j.plan().events.iter().cloned()).collect();
     accounts.sort();
     accounts.dedup();
-    b.prelude(&accounts, &keys, cache).await?;
+    b.prelude(&accounts, &keys, &events, cache).await?;
     for j in jobs.iter_mut() {
         let savepoint = j.plan().savepoint;
         b.start_job(savepoint).await?;

@@ -6,7 +6,6 @@ use super::prices;
 use crate::catalog::Catalog;
 use crate::inbox::Decision;
 use crate::ledger::{Op, RuleError, Snapshot, Source, Ts};
-use crate::store::inbox as rows;
 use crate::store::{Batch, OnMissing, Request, StoreError};
 use serde::de::DeserializeOwned;
 
@@ -111,10 +110,10 @@ impl Mapper<'_> {
         if account.is_none()
             && let Some(c) = customer
         {
-            account = Some(rows::customer_account(b.tx(), c).await?.unwrap_or_else(|| c.to_owned()));
+            account = Some(b.customer_account(c).await?.unwrap_or_else(|| c.to_owned()));
         }
         if let (Some(a), Some(c)) = (&account, customer) {
-            rows::link_customer(b.tx(), c, a, self.now).await?;
+            b.link_customer(c, a, self.now).await?;
         }
         Ok(account)
     }
@@ -149,7 +148,7 @@ impl Mapper<'_> {
         let mut facts = vec![format!("subscription:{}", sub.id)];
         for price in sub.items().iter().filter_map(|i| i.price.as_ref()) {
             let object = serde_json::to_string(&raw_price(env, &price.id)).unwrap_or_default();
-            rows::record_price(b.tx(), &price.id, &object, self.now).await?;
+            b.record_price(&price.id, &object, self.now);
             facts.push(format!("price:{}", price.id));
         }
         let price = sub
@@ -226,7 +225,7 @@ impl Mapper<'_> {
             Err(wait) => return Ok(wait),
         };
         if let Some(c) = inv.customer.as_ref() {
-            rows::link_customer(b.tx(), &c.0, &account, self.now).await?;
+            b.link_customer(&c.0, &account, self.now).await?;
         }
         let reason = inv.billing_reason.as_deref().unwrap_or("");
         // The billing period the invoice pays: its non-proration lines (a renewal, a start, or a switch to
@@ -250,7 +249,7 @@ impl Mapper<'_> {
             };
             let terms = match prices::plan_terms_by_id(self.catalog, &price_id) {
                 Some(t) => t,
-                None => match rows::price_object(b.tx(), &price_id).await? {
+                None => match b.price_object(&price_id).await? {
                     None => match line.and_then(|l| l.price_object()) {
                         Some(p) => prices::plan_terms(self.catalog, &p).ok_or_else(|| unmapped(&price_id))?,
                         None => return Ok(Handled::Waiting(format!("price:{price_id}"))),
@@ -373,7 +372,7 @@ impl Mapper<'_> {
             return Ok(Handled::Waiting(format!("payment:{payment}")));
         };
         if let Some(c) = ch.customer.as_ref() {
-            rows::link_customer(b.tx(), &c.0, &account, self.now).await?;
+            b.link_customer(&c.0, &account, self.now).await?;
         }
         let op = Op::Refund { payment, refunded: ch.amount_refunded, total: ch.amount };
         self.apply(b, env, &account, vec![op]).await?;
