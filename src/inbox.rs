@@ -290,10 +290,8 @@ async fn decide<S: Source>(
         Decision::Ignored(why) => (InboxStatus::Ignored, Some(why), None, None, None, None, vec![]),
         Decision::Failed(why) => (InboxStatus::Failed, Some(why), None, None, None, None, vec![]),
         Decision::Waiting { fact, reason } if now - first_seen >= horizon => {
-            let why = format!(
-                "{reason}: still waiting for {fact} after {} s (BILLING_WAIT_HORIZON_SECS)",
-                now - first_seen
-            );
+            let why =
+                format!("{reason}: still waiting for {fact} after {} s (BILLING_WAIT_HORIZON_SECS)", now - first_seen);
             (InboxStatus::Failed, Some(why), None, None, None, None, vec![])
         }
         Decision::Waiting { fact, reason } => {
@@ -434,7 +432,8 @@ pub fn keep_failed(
                 id: Default::default(),
             });
             tracing::warn!(source, event_id = %incoming.event_id, reason = %reason, "event failed; kept for replay");
-            let data = json!({"source": source, "event_id": incoming.event_id, "event_type": incoming.kind, "error": reason});
+            let data =
+                json!({"source": source, "event_id": incoming.event_id, "event_type": incoming.kind, "error": reason});
             b.emit("event.failed", None, data, now);
             let receipt = Receipt {
                 id: 0,

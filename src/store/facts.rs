@@ -2,10 +2,10 @@
 //! price objects, which account holds a payment or a subscription, and outgoing events. Reads look at what the
 //! batch has not written yet first, so jobs of one batch see each other; writes wait in [`super::pending`].
 
+use super::StoreError;
 use super::batch::{Batch, outbox_row};
 use super::inbox::{self as rows, InboxRow, InboxStatus};
 use super::pending::NewInbox;
-use super::StoreError;
 use crate::time::Ts;
 use std::sync::{Arc, OnceLock};
 
@@ -14,7 +14,11 @@ use std::sync::{Arc, OnceLock};
 pub enum Seen {
     Stored(InboxRow),
     /// Added in this batch: its status and detail, and its id once written.
-    Added { status: InboxStatus, detail: Option<String>, id: Arc<OnceLock<i64>> },
+    Added {
+        status: InboxStatus,
+        detail: Option<String>,
+        id: Arc<OnceLock<i64>>,
+    },
 }
 
 impl Batch {
@@ -75,8 +79,12 @@ impl Batch {
 
     /// The account that holds the lot bought by `payment`, looking at changes not yet written first.
     pub async fn payment_account(&mut self, payment: &str) -> Result<Option<String>, StoreError> {
-        let mut ids: Vec<&String> =
-            self.slots.iter().filter(|(_, s)| s.account.lots.iter().any(|l| l.id == payment)).map(|(id, _)| id).collect();
+        let mut ids: Vec<&String> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.account.lots.iter().any(|l| l.id == payment))
+            .map(|(id, _)| id)
+            .collect();
         ids.sort();
         if let Some(id) = ids.first() {
             return Ok(Some((*id).clone()));

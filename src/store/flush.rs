@@ -164,7 +164,10 @@ impl Rows {
             let chunk: Vec<Arg> = args.by_ref().take(per * cols).collect();
             let mut sql = Rows { table: self.table, args: Vec::new() }.values_sql(chunk.len() / cols);
             if let Some((tag, cols)) = self.table.returning {
-                sql.push_str(&format!(" RETURNING '{tag}' AS t, {}", cols.replace("::bigint", "").replace("::text", "")));
+                sql.push_str(&format!(
+                    " RETURNING '{tag}' AS t, {}",
+                    cols.replace("::bigint", "").replace("::text", "")
+                ));
             }
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
             for a in chunk {
@@ -403,7 +406,10 @@ pub(crate) async fn write(b: &mut Batch) -> Result<(), StoreError> {
         }
     }
     if stored != expect_inbox {
-        return Err(StoreError::Conflict(format!("{} of {expect_inbox} events were stored meanwhile", expect_inbox - stored)));
+        return Err(StoreError::Conflict(format!(
+            "{} of {expect_inbox} events were stored meanwhile",
+            expect_inbox - stored
+        )));
     }
     for (account, user) in gone_members {
         sqlx::query("DELETE FROM members WHERE account_id = $1 AND user_id = $2")

@@ -24,12 +24,12 @@ pub mod writer;
 
 pub use batch::{Batch, Tx};
 pub use facts::Seen;
-pub use pending::NewInbox;
-pub use request::{Guard, IdempotencyKey, OnMissing, Outcome, Request};
 pub use inbox::{InboxFilter, InboxRow, InboxStatus};
 pub use keys::{KEY_TTL, KeyInfo, Scope};
 pub use outbox::{Lease, OutboxRow};
+pub use pending::NewInbox;
 pub use read::{AccountView, EntryRow};
+pub use request::{Guard, IdempotencyKey, OnMissing, Outcome, Request};
 pub use usage::{GroupBy, UsageRow};
 pub use writer::{BoxFuture, Plan, Step, WriterConfig};
 
@@ -231,6 +231,12 @@ impl Store {
         F: for<'a> FnMut(&'a mut Batch) -> BoxFuture<'a, Result<(T, Step), StoreError>> + Send + 'static,
     {
         self.writer.submit(plan, f)
+    }
+
+    /// Batches committed and the changes in them, since the store was opened.
+    pub fn write_stats(&self) -> (u64, u64) {
+        let s = &self.writer.stats;
+        (s.batches.load(std::sync::atomic::Ordering::Relaxed), s.jobs.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Test hook: batches that change `account` wait before their commit until the returned notify is notified.

@@ -19,7 +19,7 @@ use sqlx::AnyPool;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -112,9 +112,18 @@ pub(crate) struct LaneCtx {
     pub config: WriterConfig,
     /// Test hook: a batch that changes this account waits for the notify before it commits.
     pub pause: Pause,
+    pub stats: std::sync::Arc<WriterStats>,
+}
+
+/// What a writer did since it started.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub batches: AtomicU64,
+    pub jobs: AtomicU64,
 }
 
 pub struct Writer {
+    pub(crate) stats: std::sync::Arc<WriterStats>,
     lanes: Mutex<Option<Lanes>>,
     /// Told when the writer's thread has finished every lane.
     done: Mutex<Option<oneshot::Receiver<()>>>,
@@ -145,7 +154,8 @@ impl Writer {
     pub(crate) fn start(pool: AnyPool, backend: Backend, config: WriterConfig) -> Writer {
         let count = if backend == Backend::Sqlite { 1 } else { config.lanes.max(1) };
         let pause = std::sync::Arc::new(Mutex::new(None));
-        let ctx = LaneCtx { pool, backend, config, pause: pause.clone() };
+        let stats = std::sync::Arc::new(WriterStats::default());
+        let ctx = LaneCtx { pool, backend, config, pause: pause.clone(), stats: stats.clone() };
         let mut senders = Vec::with_capacity(count);
         let mut receivers = Vec::with_capacity(count);
         for _ in 0..count {
@@ -169,6 +179,7 @@ impl Writer {
             })
             .expect("the writer thread");
         Writer {
+            stats,
             lanes: Mutex::new(Some(senders)),
             done: Mutex::new(Some(done_rx)),
             next: AtomicUsize::new(0),
@@ -267,6 +278,8 @@ async fn run_batch(ctx: &LaneCtx, cache: &mut AccountCache, conn: &mut Conn, mut
     match result {
         Ok(()) => {
             crate::metrics::global().batch(jobs.len());
+            ctx.stats.batches.fetch_add(1, Ordering::Relaxed);
+            ctx.stats.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
             for j in jobs {
                 j.finish(Ok(()));
             }
