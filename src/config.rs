@@ -166,7 +166,7 @@ impl Config {
         if !(1..=31_536_000).contains(&wait_horizon_secs) {
             return Err(invalid("BILLING_WAIT_HORIZON_SECS", "must be between 1 and 31536000 (a year)"));
         }
-        let write_lanes = parse_u64(get("BILLING_WRITE_LANES"), "BILLING_WRITE_LANES", 4)?;
+        let write_lanes = parse_u64(get("BILLING_WRITE_LANES"), "BILLING_WRITE_LANES", 2)?;
         if !(1..=64).contains(&write_lanes) {
             return Err(invalid("BILLING_WRITE_LANES", "must be between 1 and 64"));
         }
@@ -174,7 +174,7 @@ impl Config {
         if !(1..=10_000).contains(&batch_max) {
             return Err(invalid("BILLING_BATCH_MAX", "must be between 1 and 10000"));
         }
-        let batch_wait_us = parse_u64(get("BILLING_BATCH_WAIT_US"), "BILLING_BATCH_WAIT_US", 0)?;
+        let batch_wait_us = parse_u64(get("BILLING_BATCH_WAIT_US"), "BILLING_BATCH_WAIT_US", 1_000)?;
         if batch_wait_us > 100_000 {
             return Err(invalid("BILLING_BATCH_WAIT_US", "must be at most 100000 (0.1 s)"));
         }

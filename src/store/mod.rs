@@ -110,7 +110,13 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { low_balance: 10, lock_timeout_ms: 30_000, lanes: 4, max_batch: 256, gather: Duration::ZERO }
+        StoreOptions {
+            low_balance: 10,
+            lock_timeout_ms: 30_000,
+            lanes: 2,
+            max_batch: 256,
+            gather: Duration::from_millis(1),
+        }
     }
 }
 
