@@ -20,12 +20,12 @@ use std::sync::{Arc, OnceLock};
 pub enum Decision {
     /// It changed `account`; `facts` are what later events may have waited for (`subscription:ID`, ...).
     Applied { account: String, facts: Vec<String>, applied: Option<Applied> },
-    /// It changes no credits, for this reason.
-    Ignored(String),
+    /// It changes no credits, for this `reason`; `facts` it taught all the same (a payment linked to its invoice).
+    Ignored { reason: String, facts: Vec<String> },
     /// It needs `fact` (`subscription:ID`, `price:ID`, `payment:ID`, `account:ID`); `reason` says why.
     Waiting { fact: String, reason: String },
-    /// It can never apply as it is; kept for replay.
-    Failed(String),
+    /// It can never apply as it is; kept for replay. `facts` it taught all the same (a price it carried).
+    Failed { reason: String, facts: Vec<String> },
 }
 
 /// The outcome of receiving or deciding an event.
@@ -280,15 +280,15 @@ async fn decide<S: Source>(
     b.mark();
     let decision = source.decide(b, ev, now).await?;
     match &decision {
-        Decision::Applied { .. } | Decision::Ignored(_) => b.keep(),
-        Decision::Waiting { .. } | Decision::Failed(_) => b.undo(),
+        Decision::Applied { .. } | Decision::Ignored { .. } => b.keep(),
+        Decision::Waiting { .. } | Decision::Failed { .. } => b.undo(),
     }
     Ok(match decision {
         Decision::Applied { account, facts, applied } => {
             (InboxStatus::Applied, None, None, None, Some(account), applied, facts)
         }
-        Decision::Ignored(why) => (InboxStatus::Ignored, Some(why), None, None, None, None, vec![]),
-        Decision::Failed(why) => (InboxStatus::Failed, Some(why), None, None, None, None, vec![]),
+        Decision::Ignored { reason, facts } => (InboxStatus::Ignored, Some(reason), None, None, None, None, facts),
+        Decision::Failed { reason, facts } => (InboxStatus::Failed, Some(reason), None, None, None, None, facts),
         Decision::Waiting { fact, reason } if now - first_seen >= horizon => {
             let why =
                 format!("{reason}: still waiting for {fact} after {} s (BILLING_WAIT_HORIZON_SECS)", now - first_seen);

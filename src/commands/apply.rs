@@ -87,7 +87,7 @@ impl Commands {
     async fn decide_command(&self, b: &mut Batch, cmd: &Command, now: Ts) -> Result<Decision, StoreError> {
         let (mut req, customer) = match self.request(cmd, now) {
             Ok(r) => r,
-            Err(reason) => return Ok(Decision::Failed(reason)),
+            Err(reason) => return Ok(Decision::Failed { reason, facts: vec![] }),
         };
         if let Op::Grant { lot_id, .. } = &req.op
             && let Some(owner) = b.payment_account(lot_id).await?
@@ -99,7 +99,7 @@ impl Commands {
         match b.apply(&req, None).await {
             Ok(o) => {
                 if let Some(c) = customer {
-                    b.link_customer(&c, &account, now).await?;
+                    b.link_customer(&c, &account, OnMissing::Create, now, &req.cause).await?;
                 }
                 let facts = match cmd.kind {
                     Kind::AccountCreated { .. } => vec![format!("account:{account}")],
@@ -112,7 +112,7 @@ impl Commands {
                 reason: format!("unknown_account: waiting for the account.created of {a}"),
             }),
             Err(e) if e.is_transient() => Err(e),
-            Err(e) => Ok(Decision::Failed(e.to_string())),
+            Err(e) => Ok(Decision::Failed { reason: e.to_string(), facts: vec![] }),
         }
     }
 

@@ -124,9 +124,9 @@ pub async fn ledger(
 
 #[derive(Deserialize, utoipa::IntoParams)]
 pub struct UsageQuery {
-    /// Default: 30 days before `to`.
+    /// Start of the period, inclusive (RFC 3339, a date, or unix seconds). Default: 30 days before `to`.
     pub from: Option<String>,
-    /// Default: now.
+    /// End of the period, inclusive, to the second: a debit made this second is in. Default: now.
     pub to: Option<String>,
     /// `operation` (default), `user` or `day`.
     pub group_by: Option<String>,

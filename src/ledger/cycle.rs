@@ -237,18 +237,31 @@ impl Account {
         Ok(0)
     }
 
-    /// Cut the subscription's credits granted before boundary `b` to the rollover cap, oldest lots first.
+    /// Cut the subscription's credits granted before boundary `b` to the rollover cap (rule 4). Credits held by
+    /// active holds count too (rule 12); the excess expires from unheld credits first, oldest lots first, and
+    /// what must still go is recorded in the holds, to expire when they give their credits back.
     pub(crate) fn cut_to_cap(&mut self, si: usize, b: Ts, at: Ts, cause: &str) {
         let s = &self.subscriptions[si];
         let (id, cap) = (s.id.clone(), s.terms_at(b).cap);
-        let mut idx: Vec<usize> = (0..self.lots.len())
-            .filter(|&i| {
-                let l = &self.lots[i];
-                l.remaining > 0 && l.subscription_id.as_deref() == Some(&id) && l.cycle_start.is_some_and(|c| c < b)
-            })
-            .collect();
-        let total: i64 = idx.iter().map(|&i| self.lots[i].remaining).sum();
-        let mut excess = total - cap;
+        let cut_lot =
+            |l: &super::Lot| l.subscription_id.as_deref() == Some(&id) && l.cycle_start.is_some_and(|c| c < b);
+        let mut idx: Vec<usize> =
+            (0..self.lots.len()).filter(|&i| self.lots[i].remaining > 0 && cut_lot(&self.lots[i])).collect();
+        let unheld: i64 = idx.iter().map(|&i| self.lots[i].remaining).sum();
+        // Held credits of those lots, by hold and lot, less what earlier closes cut of them already.
+        // (hold, lot, credits still held from it, the lot's age for the order of the cut)
+        type Held = (usize, String, i64, (Option<Ts>, Ts, String));
+        let mut held: Vec<Held> = Vec::new();
+        for (hi, h) in self.holds.iter().enumerate().filter(|(_, h)| h.status == HoldStatus::Active) {
+            for (lot, n) in &h.taken {
+                let Some(l) = self.lots.iter().find(|l| &l.id == lot && cut_lot(l)) else { continue };
+                let already: i64 = h.cut.iter().filter(|c| &c.lot == lot).map(|c| c.credits).sum();
+                if n - already > 0 {
+                    held.push((hi, lot.clone(), n - already, (l.cycle_start, l.granted_at, l.id.clone())));
+                }
+            }
+        }
+        let mut excess = unheld + held.iter().map(|h| h.2).sum::<i64>() - cap;
         idx.sort_by_key(|&i| (self.lots[i].cycle_start, self.lots[i].granted_at, self.lots[i].id.clone()));
         for i in idx {
             if excess <= 0 {
@@ -257,6 +270,15 @@ impl Account {
             let n = excess.min(self.lots[i].remaining);
             self.expire_from_lot(i, n, at, cause);
             excess -= n;
+        }
+        held.sort_by(|a, b| a.3.cmp(&b.3));
+        for (hi, lot, n, _) in held {
+            if excess <= 0 {
+                break;
+            }
+            let k = excess.min(n);
+            self.holds[hi].cut.push(super::HeldCut { lot, credits: k, cause: cause.to_owned() });
+            excess -= k;
         }
     }
 

@@ -22,7 +22,7 @@ pub fn events_of(after: &Account, before_balance: i64, changed: &[&Subscription]
             EntryKind::Debit | EntryKind::Adjust => "credits.debited",
             EntryKind::Expire => "credits.expired",
             EntryKind::Clawback => "credits.clawed_back",
-            EntryKind::Shortfall | EntryKind::Hold | EntryKind::Release => continue,
+            EntryKind::Shortfall | EntryKind::Hold | EntryKind::Release | EntryKind::Transfer => continue,
         };
         let cause = e.cause.clone();
         match totals.iter_mut().find(|(k, _, _)| *k == kind) {

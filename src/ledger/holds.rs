@@ -1,7 +1,9 @@
 //! Holds (rule 12): credits reserved out of lots before long work, then captured (all or less) or released.
 //!
 //! Why take the credits out of lots at once: held credits must not be spendable by anyone else, and a
-//! balance that already excludes them needs no second bookkeeping on the hot debit path.
+//! balance that already excludes them needs no second bookkeeping on the hot debit path. A cycle close that
+//! happens while credits are held still counts them ([`Account::cut_to_cap`] records what it cut in the hold):
+//! holding credits across a close must not let more of them survive it.
 
 use super::{Account, EntryBuilder, EntryKind, Hold, HoldStatus, Lot, RuleError, Source, Ts};
 
@@ -33,6 +35,7 @@ impl Account {
             user_id,
             operation,
             status: HoldStatus::Active,
+            cut: Vec::new(),
         });
         Ok(credits)
     }
@@ -45,7 +48,8 @@ impl Account {
         }
     }
 
-    /// Spend `credits` (at most the amount held) and give the rest back.
+    /// Spend `credits` (at most the amount held) and give the rest back. Credits a close cut while held are
+    /// spent first (the customer used them before they would have expired); what is left of them expires.
     pub(crate) fn hold_capture(&mut self, id: &str, credits: i64, now: Ts, cause: &str) -> Result<i64, RuleError> {
         let i = self.active_hold(id)?;
         let held = self.holds[i].amount;
@@ -58,19 +62,45 @@ impl Account {
         self.give_back(i, now, cause);
         self.holds[i].status = HoldStatus::Captured;
         let (user, op) = (self.holds[i].user_id.clone(), self.holds[i].operation.clone());
+        let cut: Vec<(String, i64)> = self.holds[i].cut.iter().map(|c| (c.lot.clone(), c.credits)).collect();
+        let mut spent_from_cut: Vec<(String, i64)> = Vec::new();
         if credits > 0 {
             // Normally the credits just given back; less if a refund claimed some of them meanwhile.
-            self.take(credits, EntryKind::Debit, now, cause, user.as_deref(), op.as_deref())?;
+            let taken =
+                self.take_preferring(&cut, credits, EntryKind::Debit, now, cause, user.as_deref(), op.as_deref())?;
+            spent_from_cut = taken;
         }
+        self.expire_cut(i, &spent_from_cut, now);
         Ok(credits)
     }
 
-    /// Give all held credits back (released by the caller, or expired at the deadline).
+    /// Give all held credits back (released by the caller, or expired at the deadline), but those a close cut.
     pub(crate) fn hold_release(&mut self, id: &str, status: HoldStatus, at: Ts, cause: &str) -> Result<i64, RuleError> {
         let i = self.active_hold(id)?;
         let n = self.give_back(i, at, cause);
         self.holds[i].status = status;
-        Ok(n)
+        let expired = self.expire_cut(i, &[], at);
+        Ok(n - expired)
+    }
+
+    /// Expire what closes cut of hold `i`'s credits, less what `spent` (lot, credits) already used of each lot.
+    fn expire_cut(&mut self, i: usize, spent: &[(String, i64)], at: Ts) -> i64 {
+        let mut used: Vec<(String, i64)> = spent.to_vec();
+        let cuts = self.holds[i].cut.clone();
+        let mut expired = 0;
+        for c in cuts {
+            let mut n = c.credits;
+            if let Some(u) = used.iter_mut().find(|(l, _)| *l == c.lot) {
+                let k = u.1.min(n);
+                u.1 -= k;
+                n -= k;
+            }
+            let Some(li) = self.lots.iter().position(|l| l.id == c.lot) else { continue };
+            let n = n.min(self.lots[li].remaining);
+            self.expire_from_lot(li, n, at, &c.cause);
+            expired += n.max(0);
+        }
+        expired
     }
 
     fn give_back(&mut self, hi: usize, at: Ts, cause: &str) -> i64 {

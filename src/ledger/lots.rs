@@ -25,22 +25,48 @@ impl Account {
         user: Option<&str>,
         operation: Option<&str>,
     ) -> Result<Vec<(String, i64)>, RuleError> {
+        self.take_preferring(&[], credits, kind, now, cause, user, operation)
+    }
+
+    /// [`Account::take`], first from the lots of `prefer`, at most the credits given for each; returns what came
+    /// from which lot.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn take_preferring(
+        &mut self,
+        prefer: &[(String, i64)],
+        credits: i64,
+        kind: EntryKind,
+        now: Ts,
+        cause: &str,
+        user: Option<&str>,
+        operation: Option<&str>,
+    ) -> Result<Vec<(String, i64)>, RuleError> {
         if credits > self.balance {
             return Err(RuleError::Insufficient { balance: self.balance, needed: credits });
         }
         let mut left = credits;
         let mut taken = Vec::new();
-        for i in self.spending_order() {
+        let preferred =
+            prefer.iter().filter_map(|(lot, max)| self.lots.iter().position(|l| &l.id == lot).map(|i| (i, *max)));
+        let order: Vec<(usize, i64)> =
+            preferred.chain(self.spending_order().into_iter().map(|i| (i, i64::MAX))).collect();
+        for (i, max) in order {
             if left == 0 {
                 break;
             }
-            let n = left.min(self.lots[i].remaining);
+            let n = left.min(self.lots[i].remaining).min(max);
+            if n <= 0 {
+                continue;
+            }
             self.lots[i].remaining -= n;
             self.balance -= n;
             left -= n;
             let id = self.lots[i].id.clone();
             self.push_entry(EntryBuilder { user, operation, ..EntryBuilder::new(now, kind, -n, Some(&id), cause) });
-            taken.push((id, n));
+            match taken.iter_mut().find(|(l, _): &&mut (String, i64)| *l == id) {
+                Some(t) => t.1 += n,
+                None => taken.push((id, n)),
+            }
         }
         debug_assert_eq!(left, 0, "balance covered the take but the lots did not");
         Ok(taken)

@@ -15,6 +15,9 @@ mod plans;
 mod props;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_rules;
+mod transfer;
 mod view;
 
 use serde::{Deserialize, Serialize};
@@ -22,6 +25,7 @@ use std::collections::BTreeMap;
 
 pub use crate::time::Ts;
 pub use cycle::{PlanTerms, Snapshot, TermsChange};
+pub use transfer::Handover;
 
 /// Where a lot's credits came from. Only `Subscription` credits are cut at cycle close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +87,8 @@ pub enum EntryKind {
     Adjust,
     Hold,
     Release,
+    /// Credits moved between accounts (a Stripe customer's fallback account to the account it was linked to).
+    Transfer,
 }
 
 impl EntryKind {
@@ -96,6 +102,7 @@ impl EntryKind {
             EntryKind::Adjust => "adjust",
             EntryKind::Hold => "hold",
             EntryKind::Release => "release",
+            EntryKind::Transfer => "transfer",
         }
     }
 }
@@ -127,6 +134,18 @@ pub struct Hold {
     pub user_id: Option<String>,
     pub operation: Option<String>,
     pub status: HoldStatus,
+    /// Held subscription credits a cycle close cut (rule 12): they count toward the rollover cap while held, so
+    /// a release or a partial capture after the close gives back only what survived.
+    #[serde(default)]
+    pub cut: Vec<HeldCut>,
+}
+
+/// Credits of lot `lot`, held by a hold, that the close `cause` cut.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldCut {
+    pub lot: String,
+    pub credits: i64,
+    pub cause: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,10 +274,13 @@ pub enum Op {
     /// What a Stripe subscription object says, as of `version`; an older snapshot than the last one applied
     /// changes nothing (Stripe does not keep order).
     Snapshot(Snapshot),
-    /// Record the subscription's status (`past_due` after a failed payment); no credits.
+    /// Record the subscription's status (`past_due` after a failed payment); no credits. With a `version`
+    /// (the event's time and kind, like a snapshot's) it changes nothing when a newer fact is known already.
     SubscriptionStatus {
         subscription: String,
         status: String,
+        #[serde(default)]
+        version: Option<i64>,
     },
     /// Several ops applied together, all or none.
     Batch {
@@ -378,10 +400,18 @@ impl Account {
                 Ok(self.subscribe(&snap, now, cause))
             }
             Op::Snapshot(snap) => Ok(self.subscribe(snap, now, cause)),
-            Op::SubscriptionStatus { subscription, status } => {
+            Op::SubscriptionStatus { subscription, status, version } => {
                 let si = self.subscriptions.iter().position(|s| &s.id == subscription);
                 let si = si.ok_or_else(|| RuleError::UnknownSubscription(subscription.clone()))?;
-                self.subscriptions[si].status = status.clone();
+                let s = &mut self.subscriptions[si];
+                match version {
+                    Some(v) if *v <= s.version => {}
+                    Some(v) => {
+                        s.status = status.clone();
+                        s.version = *v;
+                    }
+                    None => s.status = status.clone(),
+                }
                 Ok(0)
             }
             Op::Batch { ops } => {

@@ -2,18 +2,29 @@
 
 use super::{Account, Source, Subscription, Ts};
 
+impl Subscription {
+    /// Whether its status gives the plan's entitlements (an unknown status, as before Stripe told one, does).
+    pub fn entitles(&self) -> bool {
+        matches!(self.status.as_str(), "active" | "trialing" | "past_due" | "")
+    }
+}
+
 impl Account {
     /// The subscription that gives the account its plan and cycle: the running one with the largest allocation.
     pub fn current_subscription(&self) -> Option<&Subscription> {
         self.subscriptions.iter().filter(|s| !s.finished).max_by_key(|s| (s.ends_at.is_none(), s.terms.monthly))
     }
 
-    /// The plan in force: the running subscription's, else `free` (also once a subscription was cancelled).
+    /// The plan in force (rule 7): that of the running subscription with the largest allocation among those
+    /// Stripe reports `active`, `trialing` or `past_due`; else `free` (also once a subscription was cancelled,
+    /// or while it is `incomplete`, `unpaid`, `paused`, ...).
     pub fn plan(&self) -> String {
-        match self.current_subscription() {
-            Some(s) if s.ends_at.is_none() => s.terms.plan.clone(),
-            _ => "free".into(),
-        }
+        self.subscriptions
+            .iter()
+            .filter(|s| !s.finished && s.ends_at.is_none() && s.entitles())
+            .max_by_key(|s| s.terms.monthly)
+            .map(|s| s.terms.plan.clone())
+            .unwrap_or_else(|| "free".into())
     }
 
     /// The current credit cycle `[start, end)`, if a subscription runs.

@@ -256,6 +256,11 @@ impl Batch {
         self.pending.back_to(top.pending);
     }
 
+    /// [`Batch::touch`] for the other parts of the store.
+    pub(crate) fn touch_account(&mut self, account: &str) {
+        self.touch(account);
+    }
+
     /// Remember an account's state before it is first changed since the last mark or savepoint.
     fn touch(&mut self, account: &str) {
         if let Some(j) = self.journals.last_mut()

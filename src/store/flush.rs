@@ -29,9 +29,11 @@ const NEW_ACCOUNTS: usize = 8;
 const INBOX: usize = 9;
 const LINKS: usize = 10;
 const PRICES: usize = 11;
+const INVOICES: usize = 12;
+const INVOICE_PAYMENTS: usize = 13;
 
 /// Every table a batch writes, in the order of the PostgreSQL statement's parameters.
-static TABLES: [pg::Table; 12] = [
+static TABLES: [pg::Table; 14] = [
     pg::Table {
         insert: "INSERT INTO lots (account_id, id, source, amount, remaining, granted_at, expires_at, subscription_id, cycle_start, clawed)",
         types: &[Text, Text, Text, Int, Int, Int, Int, Text, Int, Int],
@@ -96,7 +98,7 @@ static TABLES: [pg::Table; 12] = [
         types: &[Text, Int, Int, Int, Int, Int, Int],
         tail: " ON CONFLICT (id) DO NOTHING",
         ordered: false,
-        returning: Some(("a", "0::bigint, id, NULL::text")),
+        returning: Some(("a", "CAST(0 AS BIGINT), id, CAST(NULL AS TEXT)")),
     },
     pg::Table {
         insert: "INSERT INTO inbox (source, event_id, type, payload, status, detail, waiting_for, account_id, attempts, \
@@ -117,6 +119,22 @@ static TABLES: [pg::Table; 12] = [
         insert: "INSERT INTO stripe_prices (id, object, seen_at)",
         types: &[Text, Text, Int],
         tail: " ON CONFLICT (id) DO UPDATE SET object = excluded.object, seen_at = excluded.seen_at",
+        ordered: false,
+        returning: None,
+    },
+    pg::Table {
+        insert: "INSERT INTO stripe_invoices (id, subscription_id, account_id, period_start, period_end, seen_at)",
+        types: &[Text, Text, Text, Int, Int, Int],
+        tail: " ON CONFLICT (id) DO UPDATE SET subscription_id = excluded.subscription_id, \
+               account_id = excluded.account_id, period_start = excluded.period_start, \
+               period_end = excluded.period_end, seen_at = excluded.seen_at",
+        ordered: false,
+        returning: None,
+    },
+    pg::Table {
+        insert: "INSERT INTO stripe_invoice_payments (payment_id, invoice_id, seen_at)",
+        types: &[Text, Text, Int],
+        tail: " ON CONFLICT (payment_id) DO NOTHING",
         ordered: false,
         returning: None,
     },
@@ -164,10 +182,7 @@ impl Rows {
             let chunk: Vec<Arg> = args.by_ref().take(per * cols).collect();
             let mut sql = Rows { table: self.table, args: Vec::new() }.values_sql(chunk.len() / cols);
             if let Some((tag, cols)) = self.table.returning {
-                sql.push_str(&format!(
-                    " RETURNING '{tag}' AS t, {}",
-                    cols.replace("::bigint", "").replace("::text", "")
-                ));
+                sql.push_str(&format!(" RETURNING CAST('{tag}' AS TEXT) AS t, {cols}"));
             }
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
             for a in chunk {
@@ -226,6 +241,7 @@ async fn run_all(tx: &mut Tx, postgres: bool, mut all: Vec<Rows>) -> Result<Vec<
     if !postgres {
         // New accounts first: SQLite checks foreign keys at each statement.
         let new = all.remove(NEW_ACCOUNTS);
+        debug_assert_eq!(all.len(), TABLES.len() - 1);
         let mut out = new.run(tx).await?;
         for r in all.into_iter().filter(|r| !r.args.is_empty()) {
             out.extend(r.run(tx).await?);
@@ -386,12 +402,56 @@ pub(crate) async fn write(b: &mut Batch) -> Result<(), StoreError> {
     for (id, object, now) in last {
         prices.push(vec![Arg::Text(id), Arg::Text(object), Arg::Int(now)]);
     }
+    let mut invoices = Rows::new(INVOICES);
+    let mut seen_invoices: Vec<&str> = Vec::new();
+    for i in pending.invoices.iter().rev() {
+        if seen_invoices.contains(&i.id.as_str()) {
+            continue;
+        }
+        seen_invoices.push(&i.id);
+        invoices.push(vec![
+            Arg::Text(i.id.clone()),
+            Arg::OptText(i.subscription.clone()),
+            Arg::OptText(i.account.clone()),
+            Arg::OptInt(i.period.map(|p| p.0)),
+            Arg::OptInt(i.period.map(|p| p.1)),
+            Arg::Int(i.seen_at),
+        ]);
+    }
+    let mut invoice_payments = Rows::new(INVOICE_PAYMENTS);
+    for (payment, invoice, now) in &pending.invoice_payments {
+        invoice_payments.push(vec![Arg::Text(payment.clone()), Arg::Text(invoice.clone()), Arg::Int(*now)]);
+    }
     let expect_new = new_accounts.rows();
     let expect_inbox = inbox.rows();
     let postgres = b.backend() == super::Backend::Postgres;
     let tx = b.tx();
-    let all = vec![lots, subs, holds, members, entries, accounts, outbox, effects, new_accounts, inbox, links, prices];
-    let got = run_all(tx, postgres, all).await?;
+    let mut got = Vec::new();
+    if !pending.moves.is_empty() {
+        // Moves go to accounts that may be new: those are written first, then the moves, then the rest.
+        let new = std::mem::replace(&mut new_accounts, Rows::new(NEW_ACCOUNTS));
+        got.extend(new.run(tx).await?);
+        for (from, to, customer) in &pending.moves {
+            super::moves::move_rows(tx, from, to, customer).await?;
+        }
+    }
+    let all = vec![
+        lots,
+        subs,
+        holds,
+        members,
+        entries,
+        accounts,
+        outbox,
+        effects,
+        new_accounts,
+        inbox,
+        links,
+        prices,
+        invoices,
+        invoice_payments,
+    ];
+    got.extend(run_all(tx, postgres, all).await?);
     let created = got.iter().filter(|r| r.0 == "a").count();
     if created != expect_new {
         return Err(StoreError::Conflict(format!("{} of {expect_new} new accounts existed", expect_new - created)));

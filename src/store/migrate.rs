@@ -12,6 +12,7 @@ const SQLITE: &[(i64, &str, &str)] = &[
     (4, "outbox", include_str!("../../migrations/sqlite/0004_outbox.sql")),
     (5, "payments", include_str!("../../migrations/sqlite/0005_payments.sql")),
     (6, "order_and_waits", include_str!("../../migrations/sqlite/0006_order_and_waits.sql")),
+    (7, "invoices", include_str!("../../migrations/sqlite/0007_invoices.sql")),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (1, "ledger", include_str!("../../migrations/postgres/0001_ledger.sql")),
@@ -20,6 +21,7 @@ const POSTGRES: &[(i64, &str, &str)] = &[
     (4, "outbox", include_str!("../../migrations/postgres/0004_outbox.sql")),
     (5, "payments", include_str!("../../migrations/postgres/0005_payments.sql")),
     (6, "order_and_waits", include_str!("../../migrations/postgres/0006_order_and_waits.sql")),
+    (7, "invoices", include_str!("../../migrations/postgres/0007_invoices.sql")),
 ];
 
 /// Arbitrary constant naming the migration lock.

@@ -34,17 +34,43 @@ pub struct Pending {
     pub inbox: Vec<NewInbox>,
     /// Stripe customer → account (the first link wins).
     pub links: Vec<(String, String, Ts)>,
-    /// Stripe price objects seen (the last one wins).
+    /// Stripe price objects seen (the last one wins). Not taken back with a decision: a price seen by an event
+    /// that failed is still known.
     pub prices: Vec<(String, String, Ts)>,
+    /// Subscription invoices paid (the last one seen wins).
+    pub invoices: Vec<Invoice>,
+    /// Payment → the invoice it paid (the first link wins).
+    pub invoice_payments: Vec<(String, String, Ts)>,
+    /// Accounts whose lots, subscriptions and holds go to another account: (from, to, Stripe customer).
+    pub moves: Vec<(String, String, String)>,
 }
 
-/// How long each list was: taking back to a mark truncates them.
+/// A subscription invoice, as far as refunds care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invoice {
+    pub id: String,
+    /// None: an invoice of no subscription.
+    pub subscription: Option<String>,
+    pub account: Option<String>,
+    pub period: Option<(Ts, Ts)>,
+    pub seen_at: Ts,
+}
+
+/// How long each list was: taking back to a mark truncates them (prices excepted).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Mark([usize; 5]);
+pub struct Mark([usize; 7]);
 
 impl Pending {
     pub fn mark(&self) -> Mark {
-        Mark([self.outbox.len(), self.effects.len(), self.inbox.len(), self.links.len(), self.prices.len()])
+        Mark([
+            self.outbox.len(),
+            self.effects.len(),
+            self.inbox.len(),
+            self.links.len(),
+            self.invoices.len(),
+            self.invoice_payments.len(),
+            self.moves.len(),
+        ])
     }
 
     pub fn back_to(&mut self, m: Mark) {
@@ -52,7 +78,9 @@ impl Pending {
         self.effects.truncate(m.0[1]);
         self.inbox.truncate(m.0[2]);
         self.links.truncate(m.0[3]);
-        self.prices.truncate(m.0[4]);
+        self.invoices.truncate(m.0[4]);
+        self.invoice_payments.truncate(m.0[5]);
+        self.moves.truncate(m.0[6]);
     }
 
     /// The inbox row of `source`/`event_id` added in this batch.
@@ -62,6 +90,19 @@ impl Pending {
 
     pub fn link(&self, customer: &str) -> Option<&str> {
         self.links.iter().find(|(c, _, _)| c == customer).map(|(_, a, _)| a.as_str())
+    }
+
+    pub fn invoice(&self, id: &str) -> Option<&Invoice> {
+        self.invoices.iter().rev().find(|i| i.id == id)
+    }
+
+    pub fn invoice_of(&self, payment: &str) -> Option<&str> {
+        self.invoice_payments.iter().find(|(p, _, _)| p == payment).map(|(_, i, _)| i.as_str())
+    }
+
+    /// Where the credits of `account` went in this batch, if they did.
+    pub fn moved_to(&self, account: &str) -> Option<&str> {
+        self.moves.iter().rev().find(|(from, _, _)| from == account).map(|(_, to, _)| to.as_str())
     }
 
     pub fn price(&self, id: &str) -> Option<&str> {

@@ -133,7 +133,7 @@ pub fn write_statement(tables: &[Table], mask: u32) -> &'static str {
             };
             let returning = match t.returning {
                 Some((tag, cols)) => {
-                    back.push(format!("SELECT '{tag}'::text AS t, {cols} FROM w{i}"));
+                    back.push(format!("SELECT CAST('{tag}' AS TEXT) AS t, {cols} FROM w{i}"));
                     cols
                 }
                 None => "1",

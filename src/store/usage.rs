@@ -21,6 +21,7 @@ pub struct UsageRow {
 }
 
 impl Store {
+    /// Debits with `from <= at <= to` (both inclusive, at second resolution: a debit of this second is in).
     pub async fn usage(&self, account: &str, from: Ts, to: Ts, group: GroupBy) -> Result<Vec<UsageRow>, StoreError> {
         let key = match group {
             GroupBy::Operation => "COALESCE(operation, '')",
@@ -29,7 +30,7 @@ impl Store {
         };
         let sql = format!(
             "SELECT CAST({key} AS TEXT), CAST(-SUM(amount) AS BIGINT), CAST(COUNT(DISTINCT cause) AS BIGINT) FROM entries \
-             WHERE account_id = $1 AND kind = 'debit' AND at >= $2 AND at < $3 GROUP BY 1 ORDER BY 1"
+             WHERE account_id = $1 AND kind = 'debit' AND at >= $2 AND at <= $3 GROUP BY 1 ORDER BY 1"
         );
         let rows =
             sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account).bind(from).bind(to).fetch_all(&self.pool).await?;

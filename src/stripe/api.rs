@@ -1,5 +1,5 @@
 //! A small client for the few Stripe API calls the worker makes: the Events API for backfill, a checkout
-//! session's line items, a subscription. Base URL from `STRIPE_API_BASE`, so tests point it at a local fake.
+//! session's line items, a subscription, the invoice a payment paid. Base URL from `STRIPE_API_BASE`, so tests point it at a local fake.
 //!
 //! Why not async-stripe: it generates the whole Stripe API, which costs minutes of build on two cores for four
 //! GET requests; reqwest is a small part of it (see docs/decisions.md).
@@ -78,6 +78,21 @@ impl StripeApi {
             .await?;
         let page: Page = serde_json::from_value(v).map_err(|e| ApiError::Shape(e.to_string()))?;
         Ok(page.data.into_iter().filter_map(|i| Some((i.price?, i.quantity.unwrap_or(1)))).collect())
+    }
+
+    /// The invoice a payment intent paid, if any (`None`: it paid no invoice).
+    pub async fn invoice_of_payment(&self, payment_intent: &str) -> Result<Option<String>, ApiError> {
+        let v = self
+            .get(&format!(
+                "/v1/invoice_payments?limit=1&payment[type]=payment_intent&payment[payment_intent]={payment_intent}"
+            ))
+            .await?;
+        let first = v.get("data").and_then(|d| d.as_array()).and_then(|d| d.first()).cloned();
+        Ok(first.and_then(|p| match p.get("invoice")? {
+            Value::String(s) => Some(s.clone()),
+            Value::Object(o) => o.get("id")?.as_str().map(str::to_owned),
+            _ => None,
+        }))
     }
 
     pub async fn subscription(&self, id: &str) -> Result<SubscriptionObject, ApiError> {

@@ -195,6 +195,25 @@ pub struct Invoice {
     pub period_start: Option<i64>,
     #[serde(default)]
     pub period_end: Option<i64>,
+    /// The payment that paid it (API versions before 2025-03-31).
+    #[serde(default)]
+    pub payment_intent: Option<Ref>,
+}
+
+/// Which payment paid which invoice (`invoice_payment.paid`, API versions from 2025-03-31).
+#[derive(Debug, Clone, Deserialize)]
+pub struct InvoicePayment {
+    pub id: String,
+    #[serde(default)]
+    pub invoice: Option<Ref>,
+    #[serde(default)]
+    pub payment: Option<InvoicePaymentOf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct InvoicePaymentOf {
+    #[serde(default)]
+    pub payment_intent: Option<Ref>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -339,6 +358,19 @@ pub struct Charge {
     pub customer: Option<Ref>,
     #[serde(default)]
     pub metadata: Option<Metadata>,
+    /// The invoice it paid (API versions before 2025-03-31).
+    #[serde(default)]
+    pub invoice: Option<Ref>,
+}
+
+/// Whether any string in `v` (keys too) holds a NUL, which PostgreSQL cannot store in text.
+pub fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ impl Source for StripeEvents {
     }
 
     fn decide<'a>(&'a self, b: &'a mut Batch, ev: &'a Fetched, now: Ts) -> BoxFuture<'a, Result<Decision, StoreError>> {
-        Box::pin(async move { Mapper { catalog: &self.catalog, now }.decide(b, &ev.env, &ev.pre).await })
+        Box::pin(async move { Mapper::new(&self.catalog, now).decide(b, &ev.env, &ev.pre).await })
     }
 }
 
@@ -129,6 +129,21 @@ impl Intake {
                     match api.subscription(&sub).await {
                         Ok(s) => pre.subscription = Some(s),
                         Err(e) => tracing::warn!(error = %e, subscription = %sub, "could not fetch subscription"),
+                    }
+                }
+            }
+            "charge.refunded" => {
+                // Which invoice a refunded payment paid (the basil shape carries no `charge.invoice`); a refund of
+                // a package finds its lot without it, and a failure just leaves the refund waiting.
+                if let Ok(ch) = serde_json::from_value::<super::event::Charge>(env.data.object.clone())
+                    && ch.invoice.is_none()
+                    && let Some(pi) = ch.payment_intent
+                {
+                    match api.invoice_of_payment(&pi.0).await {
+                        Ok(found) => pre.invoice_of_payment = Some(found),
+                        Err(e) => {
+                            tracing::warn!(error = %e, payment = %pi.0, "could not look up the invoice of a payment")
+                        }
                     }
                 }
             }
