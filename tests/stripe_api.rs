@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use billing_worker::ledger::Ts;
 use billing_worker::time::{add_months, parse_rfc3339};
 use common::spawn_app_with;
-use common::stripe::{Line, Shape, Sub, checkout, event, invoice, price, subscription};
+use common::stripe::{Line, Shape, Sub, charge, checkout, event, invoice, price, subscription};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::process::Command;
@@ -81,6 +81,20 @@ async fn fake_stripe() -> String {
             }),
         )
         .route(
+            "/v1/invoice_payments",
+            get(|h: HeaderMap, Query(q): Query<HashMap<String, String>>| async move {
+                if !authorized(&h) || q.get("payment[type]").map(String::as_str) != Some("payment_intent") {
+                    return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": "unexpected request"}})));
+                }
+                let data = match q.get("payment[payment_intent]").map(String::as_str) {
+                    Some("pi_sub_api") => json!([{"id": "inpay_1", "object": "invoice_payment", "invoice": "in_api",
+                                                  "payment": {"type": "payment_intent", "payment_intent": "pi_sub_api"}}]),
+                    _ => json!([]),
+                };
+                (StatusCode::OK, Json(json!({"object": "list", "data": data, "has_more": false})))
+            }),
+        )
+        .route(
             "/v1/events",
             get(|h: HeaderMap, Query(q): Query<HashMap<String, String>>| async move {
                 if !authorized(&h) || q.get("delivery_success").map(String::as_str) != Some("false") {
@@ -117,6 +131,17 @@ async fn checkout_line_items_and_missing_subscriptions_are_fetched_from_the_api(
     let r = app.deliver(&event("evt_inv", "invoice.paid", t0(), inv)).await;
     assert_eq!(r["status"], "applied", "{r}");
     assert_eq!(app.balance("acc_api").await, 150);
+    // A refund of that invoice's payment: the API tells which invoice it paid.
+    let r = app
+        .deliver(&event("evt_rf", "charge.refunded", t0() + 9, charge("ch_api", "pi_sub_api", None, 4999, 4999)))
+        .await;
+    assert_eq!(r["status"], "applied", "{r}");
+    assert_eq!(app.balance("acc_api").await, 0, "the cycle's allocation taken back");
+    // A refund of a payment that paid no invoice and bought no package: ignored, with the reason, not waiting.
+    let r =
+        app.deliver(&event("evt_rx", "charge.refunded", t0() + 9, charge("ch_x", "pi_other", None, 500, 500))).await;
+    assert_eq!(r["status"], "ignored", "{r}");
+    assert!(r["detail"].as_str().unwrap().contains("paid no invoice"), "{r}");
     app.shutdown().await;
 }
 

@@ -17,7 +17,12 @@ pub(crate) async fn move_rows(tx: &mut Tx, from: &str, to: &str, customer: &str)
         );
         sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false).bind(from).bind(to).execute(&mut *tx).await?;
     }
-    sqlx::query("UPDATE stripe_customers SET account_id = $2, linked_at = linked_at WHERE customer_id = $1")
+    sqlx::query("UPDATE stripe_invoices SET account_id = $2 WHERE account_id = $1")
+        .bind(from)
+        .bind(to)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE stripe_customers SET account_id = $2 WHERE customer_id = $1")
         .bind(customer)
         .bind(to)
         .execute(&mut *tx)

@@ -363,6 +363,23 @@ pub struct Charge {
     pub invoice: Option<Ref>,
 }
 
+/// Fields whose values name accounts, lots or Stripe objects: stored in keyed columns.
+const ID_FIELDS: [&str; 8] =
+    ["id", "customer", "subscription", "payment_intent", "invoice", "client_reference_id", "account_id", "price"];
+
+/// The first id-like field in `v` longer than 255 characters: PostgreSQL cannot index a key that long (SQLite
+/// can), so such an event is refused on both backends alike.
+pub fn long_id(v: &Value) -> Option<String> {
+    match v {
+        Value::Array(a) => a.iter().find_map(long_id),
+        Value::Object(o) => o.iter().find_map(|(k, v)| match v {
+            Value::String(s) if s.len() > 255 && ID_FIELDS.contains(&k.as_str()) => Some(k.clone()),
+            other => long_id(other),
+        }),
+        _ => None,
+    }
+}
+
 /// Whether any string in `v` (keys too) holds a NUL, which PostgreSQL cannot store in text.
 pub fn has_nul(v: &Value) -> bool {
     match v {

@@ -39,8 +39,12 @@ impl Source for StripeEvents {
 
     fn accounts(&self, ev: &Fetched) -> Vec<String> {
         let o = &ev.env.data.object;
-        let text =
-            |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).filter(|s| !s.is_empty()).map(str::to_owned);
+        // A name PostgreSQL could not store is no hint (the decision refuses the event).
+        let text = |v: Option<&serde_json::Value>| {
+            v.and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty() && s.len() <= 255 && !s.contains('\0'))
+                .map(str::to_owned)
+        };
         text(o.get("metadata").and_then(|m| m.get("account_id")))
             .or_else(|| text(o.get("client_reference_id")))
             .into_iter()

@@ -156,6 +156,17 @@ impl TestApp {
         self.store.account(account, self.clock.now()).await.unwrap().balance
     }
 
+    /// The worker's state (its intake, commander, store).
+    pub fn state(&self) -> &billing_worker::http::AppState {
+        &self.running.as_ref().expect("running").state
+    }
+
+    /// Decide again the waiting events due by the app's clock (what the periodic tick does).
+    pub async fn retry_due(&self) -> usize {
+        let s = self.state();
+        billing_worker::retry::due(&s.intake, &s.commander, self.clock.now()).await.unwrap()
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await;

@@ -5,7 +5,7 @@
 mod payments;
 mod subscriptions;
 
-use super::event::{Envelope, Price, SubscriptionObject, has_nul};
+use super::event::{Envelope, Price, SubscriptionObject, has_nul, long_id};
 use crate::catalog::Catalog;
 use crate::inbox::Decision;
 use crate::ledger::{Op, RuleError, Ts};
@@ -79,6 +79,12 @@ impl<'a> Mapper<'a> {
             // PostgreSQL text cannot hold it; both backends refuse it alike, as a failed event (answered 200).
             return Ok(Decision::Failed {
                 reason: "bad_payload: a string in the event contains NUL (\\u0000)".into(),
+                facts: vec![],
+            });
+        }
+        if let Some(field) = long_id(&env.data.object) {
+            return Ok(Decision::Failed {
+                reason: format!("bad_payload: {field} is longer than 255 characters"),
                 facts: vec![],
             });
         }

@@ -118,10 +118,14 @@ impl Mapper<'_> {
         let Some(fact) = b.invoice(&invoice).await? else {
             return Ok(Handled::Waiting(format!("invoice:{invoice}")));
         };
-        let (Some(sub), Some(account), Some((start, end))) = (fact.subscription, fact.account, fact.period) else {
+        let (Some(sub), Some((start, end))) = (fact.subscription, fact.period) else {
             return Ok(Handled::Ignored(format!(
                 "payment {payment} paid invoice {invoice}, which granted no credits (no subscription or period)"
             )));
+        };
+        // The account that holds the subscription now (it may have moved since the invoice was paid).
+        let Some(account) = b.subscription_account(&sub).await?.or(fact.account) else {
+            return Ok(Handled::Waiting(format!("subscription:{sub}")));
         };
         let lots = b.subscription_lots(&account, &sub, start, end).await?;
         if lots.is_empty() {
