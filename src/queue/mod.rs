@@ -141,7 +141,8 @@ impl Broker {
             r = self.work(&conn, &publish, &mut deliveries, stop) => r,
             e = lost(&conn) => Err(e),
         };
-        let _ = conn.close(200, "bye".into()).await;
+        // A connection the broker dropped may never answer a close: bounded, like every other broker operation.
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "bye".into())).await;
         result
     }
 
