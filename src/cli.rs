@@ -1,5 +1,6 @@
 //! The command line (SPEC §8). `serve` is the default; every command has `--help`.
 
+use crate::BoxError;
 use crate::config::Config;
 use crate::store::Store;
 use crate::time::{format_rfc3339, now};
@@ -155,19 +156,17 @@ pub async fn run() -> i32 {
     }
 }
 
-type AnyError = Box<dyn std::error::Error + Send + Sync>;
-
-async fn dispatch(command: Command, config: Config) -> Result<(), AnyError> {
+async fn dispatch(command: Command, config: Config) -> Result<(), BoxError> {
     match command {
         Command::Serve => crate::serve::run(config).await,
         Command::Migrate => {
             let store = Store::connect(&config.database_url).await?;
             let n = store.migrate().await?;
-            println!("{n} migration(s) applied to {}", redact(&config.database_url));
+            println!("{n} migration(s) applied to {}", crate::config::redact(&config.database_url));
             Ok(())
         }
         Command::Tick => {
-            let store = crate::cli::open_store(&config).await?;
+            let store = crate::startup::open_store(&config).await?;
             let n = store.tick(now()).await?;
             println!("due work applied to {n} account(s)");
             Ok(())
@@ -199,14 +198,17 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AnyError> {
         }
         Command::Config { command: ConfigCommand::Check } => {
             println!("# catalog: {}", config.catalog_source);
-            println!("# database: {}", redact(&config.database_url));
-            println!("# broker: {}", config.amqp_url.as_deref().map(redact).unwrap_or_else(|| "none".into()));
+            println!("# database: {}", crate::config::redact(&config.database_url));
+            println!(
+                "# broker: {}",
+                config.amqp_url.as_deref().map(crate::config::redact).unwrap_or_else(|| "none".into())
+            );
             println!("# webhook secrets: {}", config.webhook_secrets.len());
             print!("{}", toml::to_string(&config.catalog)?);
             Ok(())
         }
         Command::Accounts { command: AccountsCommand::Show { account, entries } } => {
-            let store = crate::cli::open_store(&config).await?;
+            let store = crate::startup::open_store(&config).await?;
             let v = store.account(&account, now()).await?;
             println!("account  {}", v.account);
             println!("plan     {}", v.plan);
@@ -248,8 +250,8 @@ async fn dispatch(command: Command, config: Config) -> Result<(), AnyError> {
     }
 }
 
-async fn keys(config: &Config, command: KeysCommand) -> Result<(), AnyError> {
-    let store = crate::cli::open_store(config).await?;
+async fn keys(config: &Config, command: KeysCommand) -> Result<(), BoxError> {
+    let store = crate::startup::open_store(config).await?;
     match command {
         KeysCommand::Create { scope, name } => {
             let scope = crate::store::Scope::parse(&scope).ok_or("--scope: service or admin")?;
@@ -281,23 +283,4 @@ async fn keys(config: &Config, command: KeysCommand) -> Result<(), AnyError> {
         }
     }
     Ok(())
-}
-
-/// A URL with its password hidden, for printing.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
-/// The store as the configuration wants it (migrated, low-balance threshold, lock timeout).
-pub async fn open_store(config: &Config) -> Result<Store, crate::store::StoreError> {
-    Store::open_with(&config.database_url, config.store_options()).await
 }

@@ -1,6 +1,7 @@
 //! The operator commands around events: list failed events, replay them, backfill from Stripe's Events API.
 //! Long runs print their progress on stderr.
 
+use crate::BoxError;
 use crate::config::Config;
 use crate::inbox::Receipt;
 use crate::store::{InboxFilter, InboxStatus, Store};
@@ -9,8 +10,6 @@ use crate::stripe::api::StripeApi;
 use crate::stripe::event::parse_envelope;
 use crate::time::{Ts, format_rfc3339, now};
 use std::io::Write;
-
-type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Progress on stderr: a line that rewrites itself on a terminal, a line every 10% otherwise.
 pub struct Progress {
@@ -43,8 +42,8 @@ impl Progress {
     }
 }
 
-pub fn intake(config: &Config, store: Store) -> Result<Intake, AnyError> {
-    Ok(crate::serve::services(config, &store)?.0)
+pub fn intake(config: &Config, store: Store) -> Result<Intake, BoxError> {
+    Ok(crate::startup::services(config, store)?.intake)
 }
 
 /// What a replay came to.
@@ -61,8 +60,8 @@ impl From<Receipt> for Replayed {
 }
 
 /// Replay one inbox row with the intake (Stripe events) or the commander (queue commands).
-async fn replay_row(config: &Config, store: &Store, id: i64, source: &str) -> Result<Replayed, AnyError> {
-    let (intake, commander) = crate::serve::services(config, store)?;
+async fn replay_row(config: &Config, store: &Store, id: i64, source: &str) -> Result<Replayed, BoxError> {
+    let crate::startup::Services { intake, commander, .. } = crate::startup::services(config, store.clone())?;
     if source == crate::commands::SOURCE {
         let o = commander.replay(id, now()).await?;
         return Ok(Replayed { status: o.status, detail: o.detail, duplicate: o.duplicate });
@@ -70,8 +69,8 @@ async fn replay_row(config: &Config, store: &Store, id: i64, source: &str) -> Re
     Ok(intake.replay(id, now()).await?.into())
 }
 
-pub async fn failed_list(config: &Config, source: Option<String>) -> Result<(), AnyError> {
-    let store = crate::cli::open_store(config).await?;
+pub async fn failed_list(config: &Config, source: Option<String>) -> Result<(), BoxError> {
+    let store = crate::startup::open_store(config).await?;
     let mut shown = 0;
     for status in [InboxStatus::Failed, InboxStatus::Waiting] {
         let rows = store
@@ -112,16 +111,16 @@ fn describe(d: &Replayed) -> String {
     }
 }
 
-pub async fn replay_one(config: &Config, id: &str) -> Result<(), AnyError> {
-    let store = crate::cli::open_store(config).await?;
+pub async fn replay_one(config: &Config, id: &str) -> Result<(), BoxError> {
+    let store = crate::startup::open_store(config).await?;
     let row = store.inbox_get(id).await?.ok_or_else(|| format!("no stored event {id}"))?;
     let d = replay_row(config, &store, row.id, &row.source).await?;
     println!("{} {}: {}", row.id, row.event_id, describe(&d));
     Ok(())
 }
 
-pub async fn replay_all(config: &Config, since: Option<Ts>, source: Option<String>) -> Result<(), AnyError> {
-    let store = crate::cli::open_store(config).await?;
+pub async fn replay_all(config: &Config, since: Option<Ts>, source: Option<String>) -> Result<(), BoxError> {
+    let store = crate::startup::open_store(config).await?;
     let mut rows = Vec::new();
     for status in [InboxStatus::Failed, InboxStatus::Waiting] {
         rows.extend(
@@ -148,10 +147,10 @@ pub async fn replay_all(config: &Config, since: Option<Ts>, source: Option<Strin
 }
 
 /// Fetch the events Stripe could not deliver since `since` and apply them as if they had come by webhook.
-pub async fn backfill(config: &Config, since: Ts) -> Result<(), AnyError> {
+pub async fn backfill(config: &Config, since: Ts) -> Result<(), BoxError> {
     let key = config.stripe_api_key.as_deref().ok_or("STRIPE_API_KEY: required for stripe backfill")?;
     let api = StripeApi::new(&config.stripe_api_base, key)?;
-    let store = crate::cli::open_store(config).await?;
+    let store = crate::startup::open_store(config).await?;
     let intake = intake(config, store)?;
     let mut events = Vec::new();
     let mut after: Option<String> = None;

@@ -204,6 +204,20 @@ impl Config {
     }
 }
 
+/// A URL with its password hidden, for printing.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
 fn parse_u64(v: Option<String>, var: &'static str, default: u64) -> Result<u64, ConfigError> {
     match v {
         None => Ok(default),

@@ -1,20 +1,17 @@
 //! The long-running worker: the HTTP server, and in the background the periodic tick that applies due cycle
 //! work and retries events waiting for a fact. Stops on Ctrl-C or SIGTERM, finishing requests in flight.
 
+use crate::BoxError;
 use crate::clock::Clock;
-use crate::commands::Commander;
 use crate::config::Config;
 use crate::http::{AppState, router};
 use crate::queue::{Broker, Names};
+use crate::startup::Services;
 use crate::store::Store;
-use crate::stripe::Intake;
-use crate::stripe::api::StripeApi;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-
-type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A running server (for tests and `main`).
 pub struct Running {
@@ -34,28 +31,8 @@ impl Running {
     }
 }
 
-/// The Stripe intake and the commander of a configuration, on `store`.
-pub fn services(config: &Config, store: &Store) -> Result<(Intake, Commander), AnyError> {
-    let api = match &config.stripe_api_key {
-        Some(key) => Some(StripeApi::new(&config.stripe_api_base, key)?),
-        None => None,
-    };
-    let catalog = Arc::new(config.catalog.clone());
-    let horizon = config.wait_horizon_secs as i64;
-    let intake = Intake::new(store.clone(), catalog.clone(), api, horizon);
-    let commander = Commander::new(
-        store.clone(),
-        catalog,
-        intake.clone(),
-        config.webhook_secrets.clone(),
-        config.queue_require_signature,
-        horizon,
-    );
-    Ok((intake, commander))
-}
-
-pub fn state(config: Config, store: Store, clock: Clock) -> Result<AppState, AnyError> {
-    let (intake, commander) = services(&config, &store)?;
+pub fn state(config: Config, store: Store, clock: Clock) -> Result<AppState, BoxError> {
+    let Services { store, intake, commander } = crate::startup::services(&config, store)?;
     Ok(AppState {
         store,
         intake,
@@ -63,13 +40,13 @@ pub fn state(config: Config, store: Store, clock: Clock) -> Result<AppState, Any
         config: Arc::new(config),
         clock,
         metrics: crate::metrics::global(),
-        broker: Arc::new(std::sync::atomic::AtomicU8::new(crate::http::BROKER_NONE)),
+        broker: crate::queue::BrokerState::default(),
     })
 }
 
 /// Open the store, bind `config.listen` (port 0 picks one) and serve until [`Running::shutdown`].
-pub async fn start(config: Config, clock: Clock) -> Result<Running, AnyError> {
-    let store = Store::open_with(&config.database_url, config.store_options()).await?;
+pub async fn start(config: Config, clock: Clock) -> Result<Running, BoxError> {
+    let store = crate::startup::open_store(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let tick_every = Duration::from_secs(config.tick_interval_secs);
@@ -96,7 +73,7 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, AnyError> {
 /// The RabbitMQ side, when `AMQP_URL` is set.
 fn broker(state: &AppState) -> Option<Broker> {
     let url = state.config.amqp_url.clone()?;
-    state.broker.store(crate::http::BROKER_DOWN, std::sync::atomic::Ordering::Relaxed);
+    state.broker.set_down();
     Some(Broker {
         url,
         names: Names::new(&state.config.amqp_prefix, &state.config.retry_delays_ms),
@@ -128,8 +105,8 @@ async fn background(state: AppState, every: Duration, mut stopped: watch::Receiv
     }
 }
 
-pub async fn run(config: Config) -> Result<(), AnyError> {
-    tracing::info!(database = %crate::cli::redact(&config.database_url), "billing-worker starting");
+pub async fn run(config: Config) -> Result<(), BoxError> {
+    tracing::info!(database = %crate::config::redact(&config.database_url), "billing-worker starting");
     let running = start(config, Clock::system()).await?;
     shutdown_signal().await;
     tracing::info!("shutting down");

@@ -41,9 +41,3 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     let text = app.metrics.render(&[("billing_outbox_lag_seconds", "Age of the oldest event not yet published", lag)]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
-
-#[utoipa::path(get, path = "/openapi.json", responses((status = 200, body = Object, content_type = "application/json")))]
-pub async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], super::openapi::document().to_json().unwrap_or_default())
-        .into_response()
-}

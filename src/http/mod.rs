@@ -24,7 +24,6 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Webhook bodies over this are refused with 413.
 pub const MAX_BODY: usize = 1 << 20;
@@ -55,11 +54,6 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/openapi.json"),
 ];
 
-/// Broker connection state shown by `/readyz`.
-pub const BROKER_NONE: u8 = 0;
-pub const BROKER_UP: u8 = 1;
-pub const BROKER_DOWN: u8 = 2;
-
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
@@ -68,16 +62,12 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub clock: Clock,
     pub metrics: &'static Registry,
-    pub broker: Arc<AtomicU8>,
+    pub broker: crate::queue::BrokerState,
 }
 
 impl AppState {
     pub fn broker_status(&self) -> &'static str {
-        match self.broker.load(Ordering::Relaxed) {
-            BROKER_UP => "up",
-            BROKER_DOWN => "down",
-            _ => "none",
-        }
+        self.broker.status()
     }
 
     /// Seconds since the oldest outgoing event not yet published was written (0 when none).
@@ -109,7 +99,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(health::openapi))
+        .route("/openapi.json", get(openapi::serve))
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY))

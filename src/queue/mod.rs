@@ -9,7 +9,6 @@ pub mod topology;
 
 use crate::clock::Clock;
 use crate::commands::Commander;
-use crate::http::{BROKER_DOWN, BROKER_UP};
 use crate::store::{Lease, StoreError};
 use futures_lite::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
@@ -37,6 +36,38 @@ pub enum QueueError {
     Timeout,
 }
 
+/// The broker connection's state, shared with `/readyz` and the metrics.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerState(Arc<AtomicU8>);
+
+const NONE: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+
+impl BrokerState {
+    /// `none` (no broker configured), `up` or `down`.
+    pub fn status(&self) -> &'static str {
+        match self.0.load(Ordering::Relaxed) {
+            UP => "up",
+            DOWN => "down",
+            _ => "none",
+        }
+    }
+
+    pub fn set_up(&self) {
+        self.0.store(UP, Ordering::Relaxed);
+    }
+
+    /// Mark it down; true when it was up (a connection that had worked ended).
+    pub fn set_down(&self) -> bool {
+        self.0.swap(DOWN, Ordering::Relaxed) == UP
+    }
+
+    pub fn configured(&self) -> bool {
+        self.0.load(Ordering::Relaxed) != NONE
+    }
+}
+
 #[derive(Clone)]
 pub struct Broker {
     pub url: String,
@@ -45,7 +76,7 @@ pub struct Broker {
     pub commander: Commander,
     pub clock: Clock,
     /// Shared with `/readyz`.
-    pub state: Arc<AtomicU8>,
+    pub state: BrokerState,
     /// Test hook: drop the connection once after a commit, before the ack, as a crash would.
     pub crash_before_ack: Arc<AtomicBool>,
 }
@@ -95,13 +126,13 @@ impl Broker {
             match tokio::spawn(async move { me.session(&mut session_stop).await }).await {
                 Ok(Ok(())) => return,
                 Ok(Err(e)) => {
-                    if self.state.swap(BROKER_DOWN, Ordering::Relaxed) == BROKER_UP {
+                    if self.state.set_down() {
                         backoff = Duration::from_millis(200); // it had worked: start the backoff over
                     }
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker session ended; reconnecting");
                 }
                 Err(panic) => {
-                    if self.state.swap(BROKER_DOWN, Ordering::Relaxed) == BROKER_UP {
+                    if self.state.set_down() {
                         backoff = Duration::from_millis(200);
                     }
                     tracing::error!(error = %panic, "broker session panicked; reconnecting");
@@ -131,7 +162,7 @@ impl Broker {
                 FieldTable::default(),
             )
             .await?;
-        self.state.store(BROKER_UP, Ordering::Relaxed);
+        self.state.set_up();
         tracing::info!(queue = %self.names.commands, "consuming commands");
         // The watchdog ends the session as soon as the connection is lost, wherever the work is waiting (an ack
         // or a publish whose frame never goes out would otherwise hold it, and `/readyz`, forever). Dropping the
