@@ -1,7 +1,8 @@
 //! Changing accounts: a [`Request`] becomes a job of the group-commit writer, applied with the others queued
 //! beside it and answered after their common commit; and the periodic tick that applies due cycle work.
 
-use super::writer::{BoxFuture, Plan, Step};
+use super::Step;
+use super::writer::{BoxFuture, Plan};
 use super::{Batch, Guard, OnMissing, Outcome, Request, Store, StoreError};
 use crate::ledger::{Op, Ts};
 use std::future::Future;

@@ -9,34 +9,20 @@
 //! opens a real savepoint ([`Batch::savepoint`]).
 
 use super::load::{self, AccountCache, Slot};
-use super::pending::{self, Pending};
+use super::pending::{self, Effect, NewOutbox, Pending};
 use super::request::{Guard, OnMissing, Outcome, Request};
-use super::writer::{LaneCtx, Step};
-use super::{Backend, StoreError};
+use super::{Backend, StoreError, Tx};
 use crate::ledger::{Account, Op, Subscription};
 use crate::time::Ts;
 use sqlx::Any;
 use sqlx::pool::PoolConnection;
 use std::collections::{HashMap, HashSet};
 
-/// The connection a batch (or a read) runs its statements on.
-pub type Tx = sqlx::AnyConnection;
-
-/// The stored answer of an idempotency key.
-#[derive(Debug, Clone)]
-pub(crate) struct Effect {
-    pub request: Option<String>,
-    pub response: String,
-}
-
-/// A row for the outbox, written with the batch.
-#[derive(Debug, Clone)]
-pub(crate) struct NewOutbox {
-    pub event_id: String,
-    pub account: Option<String>,
-    pub kind: String,
-    pub payload: String,
-    pub created_at: Ts,
+/// How a job ended: keep what it did, or take it back (its savepoint and its changes to loaded accounts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Keep,
+    Undo,
 }
 
 /// What was changed since a mark or savepoint, to take back.
@@ -87,10 +73,11 @@ fn sub_marks(subs: &[Subscription]) -> Vec<Mark> {
 impl Batch {
     /// Open the batch's transaction on the lane's connection.
     pub(crate) async fn begin(
-        ctx: &LaneCtx,
+        backend: Backend,
+        low_balance: i64,
         mut conn: PoolConnection<Any>,
     ) -> Result<Batch, (StoreError, Option<PoolConnection<Any>>)> {
-        let begin = match ctx.backend {
+        let begin = match backend {
             Backend::Sqlite => "BEGIN IMMEDIATE",
             Backend::Postgres => "BEGIN",
         };
@@ -99,8 +86,8 @@ impl Batch {
         }
         Ok(Batch {
             conn,
-            backend: ctx.backend,
-            low_balance: ctx.config.low_balance,
+            backend,
+            low_balance,
             slots: HashMap::new(),
             absent: HashSet::new(),
             effects: HashMap::new(),
@@ -412,7 +399,8 @@ impl Batch {
 
     /// Write every change of the batch.
     pub(crate) async fn flush(&mut self) -> Result<(), StoreError> {
-        super::flush::write(self).await
+        let pending = std::mem::take(&mut self.pending);
+        super::flush::write(&mut self.slots, pending, &mut self.conn, self.backend).await
     }
 
     /// Commit, and keep the accounts (as written) in the lane's memory for its next batches. Gives the

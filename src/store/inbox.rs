@@ -2,7 +2,7 @@
 //! events leave behind: which account a customer belongs to, and the price objects seen. The protocol around it
 //! (store, decide, record) is [`crate::inbox`].
 
-use super::batch::Tx;
+use super::Tx;
 use super::{Backend, Store, StoreError};
 use crate::time::Ts;
 use serde::Serialize;

@@ -113,13 +113,13 @@ impl Store {
             .await?;
         rows.iter()
             .map(|r| {
-                let scope: String = r.try_get(2)?;
+                let scope: String = r.try_get("scope")?;
                 Ok(KeyInfo {
-                    id: r.try_get(0)?,
-                    name: r.try_get(1)?,
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
                     scope: Scope::parse(&scope).ok_or_else(|| StoreError::Corrupt(format!("key scope {scope}")))?,
-                    created_at: r.try_get(3)?,
-                    revoked_at: r.try_get(4)?,
+                    created_at: r.try_get("created_at")?,
+                    revoked_at: r.try_get("revoked_at")?,
                 })
             })
             .collect()

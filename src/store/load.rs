@@ -2,7 +2,8 @@
 //! instances cannot deadlock on them), with their open lots, subscriptions, active holds and members read for
 //! all of them at once; or taken from the lane's memory when their version shows nobody changed them since.
 
-use super::batch::{Effect, Tx};
+use super::Tx;
+use super::pending::Effect;
 use super::{Backend, StoreError, pg};
 use crate::ledger::{Account, Entry, Hold, HoldStatus, Lot, Source, Subscription};
 use crate::time::Ts;

@@ -20,10 +20,12 @@ mod pending;
 mod pg;
 mod read;
 mod request;
+mod rows;
+mod tables;
 mod usage;
 pub mod writer;
 
-pub use batch::{Batch, Tx};
+pub use batch::{Batch, Step};
 pub use facts::Seen;
 pub use inbox::{InboxFilter, InboxRow, InboxStatus};
 pub use keys::{KEY_TTL, KeyInfo, Scope};
@@ -32,7 +34,10 @@ pub use pending::{Invoice as InvoiceFact, NewInbox};
 pub use read::{AccountView, EntryRow};
 pub use request::{Guard, IdempotencyKey, OnMissing, Outcome, Request};
 pub use usage::{GroupBy, UsageRow};
-pub use writer::{BoxFuture, Plan, Step, WriterConfig};
+pub use writer::{BoxFuture, Plan, WriterConfig};
+
+/// The connection a batch (or a read) runs its statements on.
+pub type Tx = sqlx::AnyConnection;
 
 use crate::ledger::RuleError;
 use sqlx::AnyPool;

@@ -5,7 +5,7 @@
 //! arriving later must find it in the account that now holds it; and the fallback account must end empty.
 
 use super::StoreError;
-use super::batch::Tx;
+use super::Tx;
 
 /// Move the lots, subscriptions and holds of `from` to `to` (those whose id `to` has already stay: two
 /// accounts cannot hold the same lot), and link the customer to `to`.

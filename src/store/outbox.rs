@@ -7,7 +7,8 @@
 //! position that never appears behind it, so a position is given to each row after its commit, by one
 //! sequencer at a time, in id order: a reader never passes a row still in flight.
 
-use super::writer::{BoxFuture, Plan, Step};
+use super::Step;
+use super::writer::{BoxFuture, Plan};
 use super::{Backend, Batch, Store, StoreError};
 use crate::time::Ts;
 use sqlx::Any;

@@ -2,10 +2,26 @@
 //! idempotency keys. Kept in memory until the batch is written, so taking back a job (or a decision that
 //! failed) is truncating a few lists, and the whole batch is written with a few statements.
 
-use super::batch::{Effect, NewOutbox};
 use super::inbox::InboxStatus;
 use crate::time::Ts;
 use std::sync::{Arc, OnceLock};
+
+/// The stored answer of an idempotency key.
+#[derive(Debug, Clone)]
+pub(crate) struct Effect {
+    pub request: Option<String>,
+    pub response: String,
+}
+
+/// A row for the outbox, written with the batch.
+#[derive(Debug, Clone)]
+pub(crate) struct NewOutbox {
+    pub event_id: String,
+    pub account: Option<String>,
+    pub kind: String,
+    pub payload: String,
+    pub created_at: Ts,
+}
 
 /// An inbox row to insert, with its outcome already decided.
 #[derive(Debug, Clone)]

@@ -97,7 +97,7 @@ pub struct Table {
     pub tail: &'static str,
     /// Rows must get their serial ids in the order given (entries, outbox).
     pub ordered: bool,
-    /// A tag and the columns the statement gives back for its rows (text, bigint, text, text).
+    /// A tag and what the statement gives back for its rows, as `row_id` (bigint), `a` and `b` (text).
     pub returning: Option<(&'static str, &'static str)>,
 }
 
@@ -133,7 +133,7 @@ pub fn write_statement(tables: &[Table], mask: u32) -> &'static str {
             };
             let returning = match t.returning {
                 Some((tag, cols)) => {
-                    back.push(format!("SELECT CAST('{tag}' AS TEXT) AS t, {cols} FROM w{i}"));
+                    back.push(format!("SELECT CAST('{tag}' AS TEXT) AS t, row_id, a, b FROM w{i}"));
                     cols
                 }
                 None => "1",
@@ -141,7 +141,9 @@ pub fn write_statement(tables: &[Table], mask: u32) -> &'static str {
             parts.push(format!("w{i} AS ({} {select}{} RETURNING {returning})", t.insert, t.tail));
         }
         if back.is_empty() {
-            back.push("SELECT NULL::text AS t, 0::bigint, NULL::text, NULL::text WHERE false".into());
+            back.push(
+                "SELECT NULL::text AS t, 0::bigint AS row_id, NULL::text AS a, NULL::text AS b WHERE false".into(),
+            );
         }
         Box::leak(format!("WITH {} {}", parts.join(", "), back.join(" UNION ALL ")).into_boxed_str())
     })

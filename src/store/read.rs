@@ -128,8 +128,9 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         let Some(r) = row else { return Ok(None) };
-        let hold = serde_json::from_str(&r.try_get::<String, _>(1)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        Ok(Some((r.try_get(0)?, hold)))
+        let hold =
+            serde_json::from_str(&r.try_get::<String, _>("state")?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(Some((r.try_get("account_id")?, hold)))
     }
 
     /// A page of entries with id above `after`, `since <= at < until`, oldest first.
@@ -158,15 +159,15 @@ impl Store {
 
 fn entry_row(r: &sqlx::any::AnyRow) -> Result<EntryRow, StoreError> {
     Ok(EntryRow {
-        id: r.try_get(0)?,
-        at: r.try_get(1)?,
-        kind: r.try_get(2)?,
-        amount: r.try_get(3)?,
-        lot_id: r.try_get(4)?,
-        balance_after: r.try_get(5)?,
-        cause: r.try_get(6)?,
-        user_id: r.try_get(7)?,
-        operation: r.try_get(8)?,
-        shortfall: r.try_get(9)?,
+        id: r.try_get("id")?,
+        at: r.try_get("at")?,
+        kind: r.try_get("kind")?,
+        amount: r.try_get("amount")?,
+        lot_id: r.try_get("lot_id")?,
+        balance_after: r.try_get("balance_after")?,
+        cause: r.try_get("cause")?,
+        user_id: r.try_get("user_id")?,
+        operation: r.try_get("operation")?,
+        shortfall: r.try_get("shortfall")?,
     })
 }

@@ -29,19 +29,20 @@ impl Store {
             GroupBy::Day => "(at - (((at % 86400) + 86400) % 86400))",
         };
         let sql = format!(
-            "SELECT CAST({key} AS TEXT), CAST(-SUM(amount) AS BIGINT), CAST(COUNT(DISTINCT cause) AS BIGINT) FROM entries \
+            "SELECT CAST({key} AS TEXT) AS key, CAST(-SUM(amount) AS BIGINT) AS credits, \
+             CAST(COUNT(DISTINCT cause) AS BIGINT) AS n FROM entries \
              WHERE account_id = $1 AND kind = 'debit' AND at >= $2 AND at <= $3 GROUP BY 1 ORDER BY 1"
         );
         let rows =
             sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account).bind(from).bind(to).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
-                let raw: String = r.try_get(0)?;
+                let raw: String = r.try_get("key")?;
                 let key = match group {
                     GroupBy::Day => raw.parse::<i64>().map(|d| format_rfc3339(d)[..10].to_owned()).unwrap_or(raw),
                     _ => raw,
                 };
-                Ok(UsageRow { key, credits: r.try_get(1)?, count: r.try_get(2)? })
+                Ok(UsageRow { key, credits: r.try_get("credits")?, count: r.try_get("n")? })
             })
             .collect()
     }

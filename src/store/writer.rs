@@ -12,7 +12,7 @@
 //! changes are batched together and stay in order); on SQLite one lane is the single writer, so no request
 //! waits on `SQLITE_BUSY`.
 
-use super::batch::Batch;
+use super::batch::{Batch, Step};
 use super::load::AccountCache;
 use super::{Backend, StoreError};
 use sqlx::AnyPool;
@@ -38,13 +38,6 @@ pub struct Plan {
     /// The job writes rows itself (not only through [`Batch::apply`]): it runs inside a savepoint, so that
     /// [`Step::Undo`] takes back its rows as well as its changes to accounts.
     pub savepoint: bool,
-}
-
-/// How a job ended: keep what it did, or take it back (its savepoint and its changes to loaded accounts).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    Keep,
-    Undo,
 }
 
 /// A unit of work in a batch. `run` may be called more than once (a failed batch is run again job by job);
@@ -323,7 +316,7 @@ async fn attempt(
             c
         }
     };
-    let mut b = match Batch::begin(ctx, c).await {
+    let mut b = match Batch::begin(ctx.backend, ctx.config.low_balance, c).await {
         Ok(b) => b,
         Err((e, c)) => {
             *conn = c;
