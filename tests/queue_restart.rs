@@ -1,6 +1,7 @@
 //! A broker restart in the middle of 5,000 commands. In its own test binary because it stops the RabbitMQ app,
 //! which would disturb queue tests running beside it.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use billing_worker::ledger::Ts;

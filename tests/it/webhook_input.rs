@@ -1,13 +1,11 @@
 //! Bad webhook input: each gets its answer, and nothing reaches the ledger.
 
-mod common;
-
+use crate::common::stripe::{checkout, event, signature};
+use crate::common::{SECRET, TestApp, spawn_app, spawn_app_with};
 use billing_worker::ledger::Ts;
 use billing_worker::store::{InboxFilter, InboxStatus};
 use billing_worker::stripe::Intake;
 use billing_worker::time::parse_rfc3339;
-use common::stripe::{checkout, event, signature};
-use common::{SECRET, TestApp, spawn_app, spawn_app_with};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -139,14 +137,24 @@ async fn an_unknown_price_fails_and_grants_after_the_catalog_learns_it() {
 #[tokio::test]
 async fn an_invoice_for_an_unknown_subscription_waits_for_it() {
     let app = spawn_app("sqlite", t0()).await;
-    let line =
-        common::stripe::Line { price: "price_new", period: (t0(), t0() + 2_678_400), proration: false, amount: 999 };
-    let inv =
-        common::stripe::invoice("in_1", "sub_w", "cus_w", "subscription_create", &[line], common::stripe::Shape::New);
+    let line = crate::common::stripe::Line {
+        price: "price_new",
+        period: (t0(), t0() + 2_678_400),
+        proration: false,
+        amount: 999,
+    };
+    let inv = crate::common::stripe::invoice(
+        "in_1",
+        "sub_w",
+        "cus_w",
+        "subscription_create",
+        &[line],
+        crate::common::stripe::Shape::New,
+    );
     let r = app.deliver(&event("evt_inv", "invoice.paid", t0(), inv)).await;
     assert_eq!((r["status"].as_str(), r["detail"].as_str()), (Some("waiting"), Some("waiting for subscription:sub_w")));
-    let price = common::stripe::price("price_new", None, json!({"credits_plan": "basic"}), Some("month"));
-    let s = common::stripe::Sub {
+    let price = crate::common::stripe::price("price_new", None, json!({"credits_plan": "basic"}), Some("month"));
+    let s = crate::common::stripe::Sub {
         id: "sub_w",
         customer: "cus_w",
         account: None,
@@ -162,7 +170,7 @@ async fn an_invoice_for_an_unknown_subscription_waits_for_it() {
         "evt_sub",
         "customer.subscription.created",
         t0(),
-        common::stripe::subscription(&s, common::stripe::Shape::New),
+        crate::common::stripe::subscription(&s, crate::common::stripe::Shape::New),
     ))
     .await;
     // The account is named by the customer id; the waiting invoice was applied when the subscription arrived.

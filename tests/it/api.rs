@@ -1,11 +1,9 @@
 //! The HTTP API over real HTTP: every call with its bad inputs (SPEC §7, §9).
 
-mod common;
-
+use crate::common::{TestApp, spawn_app};
 use billing_worker::ledger::{Op, PlanTerms, Ts};
 use billing_worker::store::{OnMissing, Request};
 use billing_worker::time::parse_rfc3339;
-use common::{TestApp, spawn_app};
 use serde_json::{Value, json};
 
 fn t0() -> Ts {
@@ -213,7 +211,7 @@ async fn concurrent(app: &TestApp, svc: &str, path: &str, make: impl Fn(usize) -
 }
 
 async fn fifty_concurrent(backend: &str) {
-    let app = common::spawn_app(backend, t0()).await;
+    let app = crate::common::spawn_app(backend, t0()).await;
     let (admin, svc) = (app.key("admin").await, app.key("service").await);
     on_plan(&app, "acc", "basic", 20).await;
     app.grant(&admin, "acc", 10).await;
@@ -498,4 +496,17 @@ async fn the_openapi_document_lists_every_route_and_every_route_is_served() {
     assert!(text.contains("billing_http_request_duration_seconds_bucket"));
     assert!(text.contains("billing_outbox_lag_seconds"));
     app.shutdown().await;
+}
+
+/// The OpenAPI document is the contract the tools are built against: it changes only on purpose. To change it,
+/// run this test with `BILLING_WRITE_OPENAPI=1` and commit `docs/openapi.json` with the change that needs it.
+#[test]
+fn the_openapi_document_is_the_one_in_docs() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
+    let now = billing_worker::http::openapi::document().to_pretty_json().unwrap();
+    if std::env::var_os("BILLING_WRITE_OPENAPI").is_some() {
+        std::fs::write(&path, &now).unwrap();
+    }
+    let kept = std::fs::read_to_string(&path).unwrap();
+    assert!(kept == now, "the OpenAPI document changed; see docs/openapi.json and this test's comment");
 }

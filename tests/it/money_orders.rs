@@ -2,13 +2,11 @@
 //! by its id and a later event names the real account (§5), and when a subscription payment is refunded; two
 //! instances deciding the same waiting events at once apply each once; a balance is read in one snapshot.
 
-mod common;
-
+use crate::common::stripe::{Line, Shape, Sub, charge, checkout, event, invoice, payment_intent, price, subscription};
+use crate::common::{TestApp, spawn_app, spawn_app_with};
 use billing_worker::ledger::Ts;
 use billing_worker::store::InboxStatus;
 use billing_worker::time::{add_months, parse_rfc3339};
-use common::stripe::{Line, Shape, Sub, charge, checkout, event, invoice, payment_intent, price, subscription};
-use common::{TestApp, spawn_app, spawn_app_with};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -257,7 +255,7 @@ async fn concurrent_decisions_of_one_stored_event_apply_it_once() {
         };
         let s = event(&format!("evt_s{i}"), "customer.subscription.created", t0(), subscription(&sub, Shape::New));
         let (client, url) = (a.client.clone(), format!("{}/webhooks/stripe", a.base));
-        let sig = common::stripe::signature(common::SECRET, t0(), &s);
+        let sig = crate::common::stripe::signature(crate::common::SECRET, t0(), &s);
         tasks.push(tokio::spawn(async move {
             client.post(url).header("Stripe-Signature", sig).body(s).send().await.unwrap().status().as_u16()
         }));

@@ -1,12 +1,10 @@
 //! Commands over the real RabbitMQ (127.0.0.1:5672) and events out of it. Each test has its own queue prefix.
 
-mod common;
-
+use crate::common::amqp::*;
+use crate::common::{TestApp, spawn_app_with};
 use billing_worker::ledger::Ts;
 use billing_worker::store::{InboxFilter, InboxStatus};
 use billing_worker::time::parse_rfc3339;
-use common::amqp::*;
-use common::{TestApp, spawn_app_with};
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::json;
@@ -26,13 +24,20 @@ async fn each_command_type_is_applied_from_the_queue() {
     let app = app("sqlite", &p, t0()).await;
     ready(&app).await;
     let (_c, ch) = channel().await;
-    let payload = common::stripe::event(
+    let payload = crate::common::stripe::event(
         "evt_q",
         "checkout.session.completed",
         t0(),
-        common::stripe::checkout("cs_q", Some("acc"), None, "pi_q", json!({"credits_package": "credits_100"}), true),
+        crate::common::stripe::checkout(
+            "cs_q",
+            Some("acc"),
+            None,
+            "pi_q",
+            json!({"credits_package": "credits_100"}),
+            true,
+        ),
     );
-    let sig = common::stripe::signature(common::SECRET, t0(), &payload);
+    let sig = crate::common::stripe::signature(crate::common::SECRET, t0(), &payload);
     for cmd in [
         json!({"type": "account.created", "id": "q1", "account_id": "acc"}),
         json!({"type": "package.purchased", "id": "q2", "account_id": "acc", "package": "credits_25"}),

@@ -3,12 +3,10 @@
 //! batches without a refused one failing the others, two instances batching the same accounts do not
 //! deadlock, and a key revoked on one instance stops working on the other within seconds.
 
-mod common;
-
+use crate::common::stripe::{event, payment_intent};
+use crate::common::{TestApp, spawn_app, spawn_app_with};
 use billing_worker::ledger::{Op, Source, Ts};
 use billing_worker::store::{OnMissing, Request, Store, StoreError};
-use common::stripe::{event, payment_intent};
-use common::{TestApp, spawn_app, spawn_app_with};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -168,7 +166,7 @@ async fn an_account_first_named_by_webhooks_on_two_instances_at_once_is_created_
             t0(),
             payment_intent(&format!("pi_{i}"), None, json!({"account_id": "fresh", "credits_package": "credits_25"})),
         );
-        let sig = common::stripe::signature(common::SECRET, t0(), &body);
+        let sig = crate::common::stripe::signature(crate::common::SECRET, t0(), &body);
         let (client, url) = (app.client.clone(), format!("{}/webhooks/stripe", app.base));
         tasks.push(tokio::spawn(async move {
             let r = client.post(url).header("Stripe-Signature", sig).body(body).send().await.unwrap();
@@ -219,4 +217,4 @@ async fn concurrent_changes_share_batches_and_a_refusal_fails_no_other(store: St
     assert_eq!(entries.iter().filter(|e| e.kind == "debit").count(), 32, "a refused debit leaves no entry");
 }
 
-on_both_backends!(concurrent_changes_share_batches_and_a_refusal_fails_no_other);
+crate::on_both_backends!(concurrent_changes_share_batches_and_a_refusal_fails_no_other);

@@ -3,13 +3,11 @@
 //! status, statuses in event order, commands for accounts not created yet, prices seen by failed events, bad
 //! input alike on both backends, prorated first periods, and bounded waiting.
 
-mod common;
-
+use crate::common::stripe::{Line, Shape, Sub, event, invoice, payment_intent, price, subscription};
+use crate::common::{TestApp, spawn_app, spawn_app_with};
 use billing_worker::ledger::{Op, PlanTerms, Ts};
 use billing_worker::store::{InboxStatus, OnMissing, Request};
 use billing_worker::time::{add_months, parse_rfc3339};
-use common::stripe::{Line, Shape, Sub, event, invoice, payment_intent, price, subscription};
-use common::{TestApp, spawn_app, spawn_app_with};
 use serde_json::{Value, json};
 
 fn t0() -> Ts {

@@ -1,12 +1,10 @@
 //! Commands through `POST /v1/commands` on SQLite with no broker: each type applied, repeats applied once, bad
 //! messages refused with a reason and nothing applied (the same checks the queue tests make on RabbitMQ).
 
-mod common;
-
+use crate::common::stripe::{checkout, event, signature};
+use crate::common::{SECRET, TestApp, spawn_app};
 use billing_worker::ledger::Ts;
 use billing_worker::time::parse_rfc3339;
-use common::stripe::{checkout, event, signature};
-use common::{SECRET, TestApp, spawn_app};
 use serde_json::{Value, json};
 
 fn t0() -> Ts {
@@ -148,7 +146,7 @@ async fn bad_commands_are_refused_with_a_reason_and_change_nothing() {
 
 #[tokio::test]
 async fn unsigned_stripe_events_are_refused_when_signatures_are_required() {
-    let app = common::spawn_app_with("sqlite", t0(), &[("BILLING_QUEUE_REQUIRE_SIGNATURE", "true")]).await;
+    let app = crate::common::spawn_app_with("sqlite", t0(), &[("BILLING_QUEUE_REQUIRE_SIGNATURE", "true")]).await;
     let admin = app.key("admin").await;
     let payload = event(
         "evt_u",

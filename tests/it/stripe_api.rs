@@ -2,16 +2,14 @@
 //! without package metadata, a subscription an invoice names, and `stripe backfill`; and the operator
 //! commands (`failed list`, `replay`, `keys`, bad settings), run as the real binary.
 
-mod common;
-
+use crate::common::spawn_app_with;
+use crate::common::stripe::{Line, Shape, Sub, charge, checkout, event, invoice, price, subscription};
 use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
 use billing_worker::ledger::Ts;
 use billing_worker::time::{add_months, parse_rfc3339};
-use common::spawn_app_with;
-use common::stripe::{Line, Shape, Sub, charge, checkout, event, invoice, price, subscription};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::process::Command;
@@ -172,7 +170,7 @@ fn bin(db: &str, extra: &[(&str, &str)], args: &[&str]) -> (bool, String, String
 #[tokio::test]
 async fn backfill_applies_undelivered_events_once() {
     let base: &'static str = Box::leak(fake_stripe().await.into_boxed_str());
-    let db = common::fresh_url("sqlite").await;
+    let db = crate::common::fresh_url("sqlite").await;
     let env = [("STRIPE_API_KEY", KEY), ("STRIPE_API_BASE", base)];
     let (ok, out, err) = tokio::task::spawn_blocking({
         let db = db.clone();
@@ -231,7 +229,7 @@ async fn failed_list_and_replay_from_the_command_line() {
 
 #[tokio::test]
 async fn keys_from_the_command_line() {
-    let db = common::fresh_url("sqlite").await;
+    let db = crate::common::fresh_url("sqlite").await;
     let (ok, key, err) = bin(&db, &[], &["keys", "create", "--scope", "service", "--name", "image-tool"]);
     assert!(ok, "{err}");
     let key = key.trim().to_owned();
@@ -261,7 +259,7 @@ async fn keys_from_the_command_line() {
 
 #[tokio::test]
 async fn a_bad_setting_stops_the_start_naming_it() {
-    let db = common::fresh_url("sqlite").await;
+    let db = crate::common::fresh_url("sqlite").await;
     let (ok, _, err) = bin(&db, &[("BILLING_LISTEN", "not-an-address")], &["serve"]);
     assert!(!ok && err.contains("BILLING_LISTEN"), "{err}");
     let (ok, _, err) = bin("mysql://nope", &[], &["migrate"]);
@@ -272,7 +270,7 @@ async fn a_bad_setting_stops_the_start_naming_it() {
 
 #[tokio::test]
 async fn accounts_show_and_tick_from_the_command_line() {
-    let db = common::fresh_url("sqlite").await;
+    let db = crate::common::fresh_url("sqlite").await;
     let store = billing_worker::store::Store::open(&db).await.unwrap();
     let now = billing_worker::time::now();
     let anchor = now - 40 * 86_400;

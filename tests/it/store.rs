@@ -1,7 +1,5 @@
 //! The storage test suite, run against SQLite and PostgreSQL alike (a fresh database per test).
 
-mod common;
-
 use billing_worker::ledger::{Account, Op, PlanTerms, RuleError, Source, Ts};
 use billing_worker::store::{IdempotencyKey, OnMissing, Outcome, Request, Store, StoreError};
 use billing_worker::time::{add_months, parse_rfc3339};
@@ -296,7 +294,7 @@ async fn store_matches_the_rules_and_repeats_change_nothing(store: Store) {
     }
 }
 
-on_both_backends!(
+crate::on_both_backends!(
     concurrent_debits_never_overspend,
     a_repeated_key_returns_the_first_answer,
     unknown_accounts_are_refused_and_not_created,

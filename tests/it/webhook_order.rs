@@ -1,12 +1,10 @@
 //! Stripe does not keep order: a subscription's events delivered in many seeded random orders end in the same
 //! ledger as the in-order run.
 
-mod common;
-
+use crate::common::spawn_app;
+use crate::common::stripe::{Line, Shape, Sub, charge, checkout, event, invoice, price, subscription};
 use billing_worker::ledger::Ts;
 use billing_worker::time::{add_months, parse_rfc3339};
-use common::spawn_app;
-use common::stripe::{Line, Shape, Sub, charge, checkout, event, invoice, price, subscription};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 

@@ -15,7 +15,7 @@ pub enum Shape {
 fn fixtures() -> &'static Value {
     static F: OnceLock<Value> = OnceLock::new();
     F.get_or_init(|| {
-        let text = include_str!("../fixtures/stripe-fixtures3.json");
+        let text = include_str!("../../fixtures/stripe-fixtures3.json");
         serde_json::from_str::<Value>(text).unwrap()["resources"].clone()
     })
 }

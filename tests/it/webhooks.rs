@@ -1,13 +1,11 @@
 //! Stripe webhooks end to end: signed payloads built from Stripe's fixtures, over real HTTP to a worker on
 //! port 0, with a clock the test moves.
 
-mod common;
-
+use crate::common::stripe::{Line, Shape, Sub, charge, checkout, event, invoice, payment_intent, price, subscription};
+use crate::common::{TestApp, spawn_app};
 use billing_worker::ledger::{Op, Ts};
 use billing_worker::store::{IdempotencyKey, OnMissing, Request, StoreError};
 use billing_worker::time::{add_months, parse_rfc3339};
-use common::stripe::{Line, Shape, Sub, charge, checkout, event, invoice, payment_intent, price, subscription};
-use common::{TestApp, spawn_app};
 use serde_json::{Value, json};
 
 const DAY: i64 = 86_400;
@@ -322,7 +320,7 @@ async fn every_event_once(backend: &str) {
     let mut tasks = vec![];
     for _ in 0..20 {
         let (client, base, body) = (app.client.clone(), app.base.clone(), body.clone());
-        let sig = common::stripe::signature(common::SECRET, t0(), &body);
+        let sig = crate::common::stripe::signature(crate::common::SECRET, t0(), &body);
         tasks.push(tokio::spawn(async move {
             let r = client
                 .post(format!("{base}/webhooks/stripe"))
