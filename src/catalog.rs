@@ -89,31 +89,34 @@ pub struct CatalogError {
     pub message: String,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn plan(
+/// What a plan of the product text gives: its credits, seats, storage and quality.
+struct Gives {
     monthly: i64,
     cap: i64,
     signup: i64,
     seats: Option<u32>,
     storage: Option<u32>,
-    res: &str,
-    prio: &str,
-    prices: Option<(i64, i64)>,
+    resolution: &'static str,
+    priority: &'static str,
+    /// Analytics and API access.
     pro_features: bool,
-    name: &str,
-) -> Plan {
+}
+
+/// A plan of the product text; one with prices (monthly, yearly, in cents) is sold as `NAME_monthly` and
+/// `NAME_yearly` unless the configuration maps other Stripe prices.
+fn plan(name: &str, g: Gives, prices: Option<(i64, i64)>) -> Plan {
     Plan {
-        monthly_credits: monthly,
-        rollover_cap: cap,
-        signup_credits: signup,
-        seats,
-        storage_days: storage,
-        max_resolution: res.into(),
-        priority: prio.into(),
+        monthly_credits: g.monthly,
+        rollover_cap: g.cap,
+        signup_credits: g.signup,
+        seats: g.seats,
+        storage_days: g.storage,
+        max_resolution: g.resolution.into(),
+        priority: g.priority.into(),
         price_monthly_cents: prices.map(|p| p.0),
         price_yearly_cents: prices.map(|p| p.1),
-        analytics: pro_features,
-        api_access: pro_features,
+        analytics: g.pro_features,
+        api_access: g.pro_features,
         stripe_prices: if prices.is_some() {
             vec![format!("{name}_monthly"), format!("{name}_yearly")]
         } else {
@@ -126,21 +129,29 @@ impl Catalog {
     /// The catalog of the product text (SPEC §3).
     pub fn builtin() -> Self {
         let mut plans = BTreeMap::new();
-        plans.insert("free".into(), plan(0, 0, 5, Some(1), Some(30), "1080p", "basic", Some((0, 0)), false, "free"));
+        let gives = |monthly, cap, seats, storage, resolution, priority| Gives {
+            monthly,
+            cap,
+            signup: 0,
+            seats,
+            storage,
+            resolution,
+            priority,
+            pro_features: false,
+        };
+        let free = Gives { signup: 5, ..gives(0, 0, Some(1), Some(30), "1080p", "basic") };
+        plans.insert("free".into(), plan("free", free, Some((0, 0))));
         plans.get_mut("free").unwrap().stripe_prices.clear();
         plans.insert(
             "basic".into(),
-            plan(20, 40, 0, Some(1), Some(90), "1080p", "basic", Some((999, 9999)), false, "basic"),
+            plan("basic", gives(20, 40, Some(1), Some(90), "1080p", "basic"), Some((999, 9999))),
         );
-        plans.insert(
-            "pro".into(),
-            plan(50, 100, 0, Some(3), Some(365), "4k", "medium", Some((1999, 19999)), false, "pro"),
-        );
-        plans.insert(
-            "business".into(),
-            plan(150, 300, 0, Some(10), None, "8k", "high", Some((4999, 49999)), true, "business"),
-        );
-        plans.insert("enterprise".into(), plan(0, 0, 0, None, None, "8k", "high", None, true, "enterprise"));
+        plans
+            .insert("pro".into(), plan("pro", gives(50, 100, Some(3), Some(365), "4k", "medium"), Some((1999, 19999))));
+        let business = Gives { pro_features: true, ..gives(150, 300, Some(10), None, "8k", "high") };
+        plans.insert("business".into(), plan("business", business, Some((4999, 49999))));
+        let enterprise = Gives { pro_features: true, ..gives(0, 0, None, None, "8k", "high") };
+        plans.insert("enterprise".into(), plan("enterprise", enterprise, None));
         let packages = [("credits_25", 25), ("credits_100", 100), ("credits_500", 500)]
             .into_iter()
             .map(|(n, c)| {

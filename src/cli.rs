@@ -3,6 +3,7 @@
 use crate::BoxError;
 use crate::config::Config;
 use crate::store::Store;
+use crate::time::UnixTime;
 use crate::time::{format_rfc3339, now};
 use clap::{Parser, Subcommand};
 
@@ -49,7 +50,7 @@ pub enum Command {
         all: bool,
         /// With --all: only events seen at or after this time (RFC 3339, a date, or unix seconds).
         #[arg(long, requires = "all", value_parser = parse_time)]
-        since: Option<i64>,
+        since: Option<UnixTime>,
         /// With --all: only events from this source.
         #[arg(long, requires = "all", value_parser = ["stripe", "queue"])]
         source: Option<String>,
@@ -111,11 +112,11 @@ pub enum StripeCommand {
     Backfill {
         /// RFC 3339 time, a date, or unix seconds.
         #[arg(long, value_parser = parse_time)]
-        since: i64,
+        since: UnixTime,
     },
 }
 
-fn parse_time(s: &str) -> Result<i64, String> {
+fn parse_time(s: &str) -> Result<UnixTime, String> {
     crate::time::parse_rfc3339(s)
         .ok_or_else(|| format!("{s:?} is not a time: use RFC 3339 (2026-01-31T12:00:00Z), a date, or unix seconds"))
 }

@@ -8,7 +8,7 @@ use crate::store::{InboxFilter, InboxStatus, Store};
 use crate::stripe::Intake;
 use crate::stripe::api::StripeApi;
 use crate::stripe::event::parse_envelope;
-use crate::time::{Ts, format_rfc3339, now};
+use crate::time::{UnixTime, format_rfc3339, now};
 use std::io::Write;
 
 /// Progress on stderr: a line that rewrites itself on a terminal, a line every 10% otherwise.
@@ -119,7 +119,7 @@ pub async fn replay_one(config: &Config, id: &str) -> Result<(), BoxError> {
     Ok(())
 }
 
-pub async fn replay_all(config: &Config, since: Option<Ts>, source: Option<String>) -> Result<(), BoxError> {
+pub async fn replay_all(config: &Config, since: Option<UnixTime>, source: Option<String>) -> Result<(), BoxError> {
     let store = crate::startup::open_store(config).await?;
     let mut rows = Vec::new();
     for status in [InboxStatus::Failed, InboxStatus::Waiting] {
@@ -147,7 +147,7 @@ pub async fn replay_all(config: &Config, since: Option<Ts>, source: Option<Strin
 }
 
 /// Fetch the events Stripe could not deliver since `since` and apply them as if they had come by webhook.
-pub async fn backfill(config: &Config, since: Ts) -> Result<(), BoxError> {
+pub async fn backfill(config: &Config, since: UnixTime) -> Result<(), BoxError> {
     let key = config.stripe_api_key.as_deref().ok_or("STRIPE_API_KEY: required for stripe backfill")?;
     let api = StripeApi::new(&config.stripe_api_base, key)?;
     let store = crate::startup::open_store(config).await?;

@@ -1,7 +1,7 @@
 //! The clock the server reads "now" from: the system clock in production, a settable one in tests, so cycle
 //! work can be exercised over months in a test that runs in seconds.
 
-use crate::time::Ts;
+use crate::time::UnixTime;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -16,21 +16,21 @@ impl Clock {
     }
 
     /// A clock that stays at `t` until set.
-    pub fn manual(t: Ts) -> Self {
-        Clock { manual: Some(Arc::new(AtomicI64::new(t))) }
+    pub fn manual(t: UnixTime) -> Self {
+        Clock { manual: Some(Arc::new(AtomicI64::new(t.secs()))) }
     }
 
-    pub fn now(&self) -> Ts {
+    pub fn now(&self) -> UnixTime {
         match &self.manual {
-            Some(t) => t.load(Ordering::SeqCst),
+            Some(t) => UnixTime::from_secs(t.load(Ordering::SeqCst)),
             None => crate::time::now(),
         }
     }
 
     /// Move a manual clock (no effect on the system clock).
-    pub fn set(&self, t: Ts) {
+    pub fn set(&self, t: UnixTime) {
         if let Some(m) = &self.manual {
-            m.store(t, Ordering::SeqCst);
+            m.store(t.secs(), Ordering::SeqCst);
         }
     }
 }

@@ -11,7 +11,7 @@
 use crate::ledger::Applied;
 use crate::store::inbox::{self as rows, Record};
 use crate::store::{Batch, BoxFuture, InboxRow, InboxStatus, NewInbox, Plan, Seen, Step, Store, StoreError};
-use crate::time::Ts;
+use crate::time::UnixTime;
 use serde_json::json;
 use std::sync::{Arc, OnceLock};
 
@@ -75,7 +75,7 @@ pub trait Source: Send + Sync + 'static {
         &'a self,
         b: &'a mut Batch,
         ev: &'a Self::Event,
-        now: Ts,
+        now: UnixTime,
     ) -> BoxFuture<'a, Result<Decision, StoreError>>;
 }
 
@@ -105,7 +105,7 @@ pub struct Incoming {
     pub event_id: String,
     pub kind: String,
     pub payload: String,
-    pub created: Ts,
+    pub created: UnixTime,
 }
 
 /// What a job found or did, with the inbox row's id to come with the commit when the row is new.
@@ -139,7 +139,7 @@ impl<S: Source> Inbox<S> {
         &self,
         incoming: Incoming,
         ev: S::Event,
-        now: Ts,
+        now: UnixTime,
     ) -> impl std::future::Future<Output = Result<Receipt, StoreError>> + Send + use<S> {
         let (source, horizon) = (self.source.clone(), self.horizon_secs);
         let plan = Plan {
@@ -209,7 +209,7 @@ impl<S: Source> Inbox<S> {
         &self,
         id: i64,
         ev: Option<S::Event>,
-        now: Ts,
+        now: UnixTime,
     ) -> impl std::future::Future<Output = Result<Receipt, StoreError>> + Send + use<S> {
         let (source, horizon) = (self.source.clone(), self.horizon_secs);
         let accounts = ev.as_ref().map(|e| source.accounts(e)).unwrap_or_default();
@@ -237,7 +237,7 @@ impl<S: Source> Inbox<S> {
 
     /// Decide again the events that waited for `facts` (and for the facts those bring, a few rounds deep).
     /// Best effort: a failure leaves them waiting for the schedule or a replay.
-    pub async fn wake(&self, facts: Vec<String>, now: Ts) {
+    pub async fn wake(&self, facts: Vec<String>, now: UnixTime) {
         let mut facts = facts;
         for _ in 0..8 {
             if facts.is_empty() {
@@ -264,7 +264,8 @@ impl<S: Source> Inbox<S> {
 
 /// What deciding came to: status, detail, the fact waited for, the next attempt, the account, what was moved,
 /// the facts learned.
-type Decided = (InboxStatus, Option<String>, Option<String>, Option<Ts>, Option<String>, Option<Applied>, Vec<String>);
+type Decided =
+    (InboxStatus, Option<String>, Option<String>, Option<UnixTime>, Option<String>, Option<Applied>, Vec<String>);
 
 /// Decide `ev` (first seen at `first_seen`, `attempts` decisions with this one): a failing or waiting decision
 /// changes nothing (it is taken back); waiting past the horizon fails.
@@ -272,8 +273,8 @@ async fn decide<S: Source>(
     b: &mut Batch,
     source: &Arc<S>,
     ev: &S::Event,
-    now: Ts,
-    first_seen: Ts,
+    now: UnixTime,
+    first_seen: UnixTime,
     attempts: i64,
     horizon: i64,
 ) -> Result<Decided, StoreError> {
@@ -300,7 +301,7 @@ async fn decide<S: Source>(
     })
 }
 
-fn failed<S: Source>(b: &mut Batch, event_id: &str, kind: &str, detail: Option<&str>, now: Ts) {
+fn failed<S: Source>(b: &mut Batch, event_id: &str, kind: &str, detail: Option<&str>, now: UnixTime) {
     tracing::warn!(source = S::NAME, event_id, error = detail.unwrap_or(""), "event failed; kept for replay");
     let data = json!({"source": S::NAME, "event_id": event_id, "event_type": kind, "error": detail});
     b.emit("event.failed", None, data, now);
@@ -311,7 +312,7 @@ async fn again_or_seen<S: Source>(
     source: &Arc<S>,
     row: InboxRow,
     ev: Option<&S::Event>,
-    now: Ts,
+    now: UnixTime,
     horizon: i64,
 ) -> Result<(Draft, Step), StoreError> {
     let retry = S::RETRY_ON_REDELIVERY && matches!(row.status, InboxStatus::Failed | InboxStatus::Waiting);
@@ -336,7 +337,7 @@ async fn redecide_locked<S: Source>(
     source: &Arc<S>,
     row: InboxRow,
     ev: Option<&S::Event>,
-    now: Ts,
+    now: UnixTime,
     horizon: i64,
 ) -> Result<(Draft, Step), StoreError> {
     let parsed;
@@ -365,7 +366,12 @@ async fn redecide_locked<S: Source>(
 
 /// Record a decision on a stored row (compare-and-set on the status it was read in); when another writer
 /// decided it meanwhile, theirs stands and this one is to be taken back ([`Step::Undo`]).
-async fn record<S: Source>(b: &mut Batch, row: &InboxRow, d: Decided, now: Ts) -> Result<(Draft, Step), StoreError> {
+async fn record<S: Source>(
+    b: &mut Batch,
+    row: &InboxRow,
+    d: Decided,
+    now: UnixTime,
+) -> Result<(Draft, Step), StoreError> {
     let (status, detail, waiting_for, next, account, applied, facts) = d;
     let rec = Record {
         status,
@@ -395,7 +401,7 @@ pub fn keep_failed(
     source: &'static str,
     incoming: Incoming,
     reason: String,
-    now: Ts,
+    now: UnixTime,
 ) -> impl std::future::Future<Output = Result<Receipt, StoreError>> + Send + use<> {
     let plan = Plan { events: vec![(source.to_owned(), incoming.event_id.clone())], ..Plan::default() };
     let done = store.submit(plan, move |b: &mut Batch| -> BoxFuture<'_, _> {
@@ -458,7 +464,7 @@ pub fn settle(
     from: InboxStatus,
     status: InboxStatus,
     detail: Option<String>,
-    now: Ts,
+    now: UnixTime,
 ) -> impl std::future::Future<Output = Result<Receipt, StoreError>> + Send + use<> {
     store.submit(Plan::default(), move |b: &mut Batch| -> BoxFuture<'_, _> {
         let detail = detail.clone();

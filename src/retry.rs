@@ -9,7 +9,7 @@ use crate::commands::Commander;
 use crate::inbox::Receipt;
 use crate::store::{InboxStatus, StoreError};
 use crate::stripe::Intake;
-use crate::time::Ts;
+use crate::time::UnixTime;
 
 type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Receipt, StoreError>> + Send>>;
 
@@ -17,7 +17,7 @@ type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Receipt
 pub const PAGE: i64 = 100;
 
 /// Decide again the waiting rows due by `now`; returns how many were applied.
-pub async fn due(intake: &Intake, commander: &Commander, now: Ts) -> Result<usize, StoreError> {
+pub async fn due(intake: &Intake, commander: &Commander, now: UnixTime) -> Result<usize, StoreError> {
     let rows = intake.store.inbox_due(now, PAGE).await?;
     let mut applied = 0;
     let mut queued: Vec<(i64, Pending)> = Vec::new();

@@ -2,25 +2,89 @@
 //!
 //! Why our own: the ledger needs exactly three things (civil date <-> days, adding months with the day clamped
 //! to the month's end, RFC 3339 in and out), and a date crate would cost more build time than these lines.
-//! Every instant in the ledger is an `i64` of seconds since 1970-01-01T00:00:00Z.
+//! Every instant in the ledger is a [`UnixTime`]: seconds since 1970-01-01T00:00:00Z.
 
-/// Seconds since the unix epoch, UTC.
-pub type Ts = i64;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::ops::{Add, AddAssign, Sub};
+
+/// An instant: seconds since the unix epoch, UTC. An integer on the wire and in the database; its own type in
+/// the code, so an instant cannot be passed where credits or a duration are meant. `t + secs` and `t - secs`
+/// move it; `t - u` is the seconds between. It has no `Display`: write [`UnixTime::secs`] (in ids and causes)
+/// or [`format_rfc3339`] (for people), whichever is meant.
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UnixTime(i64);
+
+impl UnixTime {
+    pub const MIN: UnixTime = UnixTime(i64::MIN);
+    pub const MAX: UnixTime = UnixTime(i64::MAX);
+    pub const EPOCH: UnixTime = UnixTime(0);
+
+    pub const fn from_secs(secs: i64) -> UnixTime {
+        UnixTime(secs)
+    }
+
+    pub const fn secs(self) -> i64 {
+        self.0
+    }
+}
+
+impl Add<i64> for UnixTime {
+    type Output = UnixTime;
+    fn add(self, secs: i64) -> UnixTime {
+        UnixTime(self.0 + secs)
+    }
+}
+
+impl AddAssign<i64> for UnixTime {
+    fn add_assign(&mut self, secs: i64) {
+        self.0 += secs;
+    }
+}
+
+impl Sub<i64> for UnixTime {
+    type Output = UnixTime;
+    fn sub(self, secs: i64) -> UnixTime {
+        UnixTime(self.0 - secs)
+    }
+}
+
+impl Sub for UnixTime {
+    type Output = i64;
+    fn sub(self, other: UnixTime) -> i64 {
+        self.0 - other.0
+    }
+}
+
+impl From<UnixTime> for i64 {
+    fn from(t: UnixTime) -> i64 {
+        t.0
+    }
+}
+
+impl fmt::Debug for UnixTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 const DAY: i64 = 86_400;
 
 /// 9999-12-31T23:59:59Z: no instant the worker accepts lies beyond it.
-pub const MAX_TS: Ts = 253_402_300_799;
+pub const MAX_TS: UnixTime = UnixTime(253_402_300_799);
 
 /// Instants a Stripe event or command may carry: 2000-01-01 to 2200-01-01. Anything else is refused as
 /// malformed, so no cycle loop walks from the year -300 million.
-pub fn plausible(t: Ts) -> bool {
-    (946_684_800..7_258_118_400).contains(&t)
+pub fn plausible(t: UnixTime) -> bool {
+    (946_684_800..7_258_118_400).contains(&t.0)
 }
 
 /// The wall clock, for the edges (HTTP, CLI, tick). The rules never call it: they get time as an argument.
-pub fn now() -> Ts {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+pub fn now() -> UnixTime {
+    UnixTime(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0),
+    )
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -62,18 +126,20 @@ pub fn days_in_month(y: i64, m: u32) -> u32 {
 
 /// `t` moved by `months` calendar months, keeping its time of day, with the day clamped to the target
 /// month's length (Jan 31 + 1 month = Feb 28 or 29).
-pub fn add_months(t: Ts, months: i64) -> Ts {
+pub fn add_months(t: UnixTime, months: i64) -> UnixTime {
+    let t = t.0;
     let days = t.div_euclid(DAY);
     let secs = t.rem_euclid(DAY);
     let (y, m, d) = civil_from_days(days);
     let total = y * 12 + (m as i64 - 1) + months;
     let (ny, nm) = (total.div_euclid(12), (total.rem_euclid(12) + 1) as u32);
     let nd = d.min(days_in_month(ny, nm));
-    days_from_civil(ny, nm, nd) * DAY + secs
+    UnixTime(days_from_civil(ny, nm, nd) * DAY + secs)
 }
 
 /// Format as RFC 3339 in UTC with a `Z`, to the second.
-pub fn format_rfc3339(t: Ts) -> String {
+pub fn format_rfc3339(t: UnixTime) -> String {
+    let t = t.0;
     let (y, m, d) = civil_from_days(t.div_euclid(DAY));
     let s = t.rem_euclid(DAY);
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", s / 3600, s / 60 % 60, s % 60)
@@ -81,11 +147,15 @@ pub fn format_rfc3339(t: Ts) -> String {
 
 /// Parse RFC 3339 (`2026-01-31T12:00:00Z`, an offset such as `+02:00`, optional fraction, which is dropped),
 /// a plain date (`2026-01-31`, midnight UTC), or unix seconds.
-pub fn parse_rfc3339(s: &str) -> Option<Ts> {
+pub fn parse_rfc3339(s: &str) -> Option<UnixTime> {
+    parse_secs(s).map(UnixTime)
+}
+
+fn parse_secs(s: &str) -> Option<i64> {
     let s = s.trim();
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         // Unix seconds, up to the end of year 9999 like the dated forms.
-        return s.parse().ok().filter(|t| *t <= MAX_TS);
+        return s.parse().ok().filter(|t| *t <= MAX_TS.0);
     }
     let b = s.as_bytes();
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
@@ -136,7 +206,7 @@ pub fn parse_rfc3339(s: &str) -> Option<Ts> {
 mod tests {
     use super::*;
 
-    fn at(s: &str) -> Ts {
+    fn at(s: &str) -> UnixTime {
         parse_rfc3339(s).unwrap()
     }
 
@@ -159,12 +229,12 @@ mod tests {
 
     #[test]
     fn parses_and_formats() {
-        assert_eq!(at("1970-01-01T00:00:00Z"), 0);
+        assert_eq!(at("1970-01-01T00:00:00Z"), UnixTime::EPOCH);
         assert_eq!(at("2026-11-25T19:29:17.123Z"), at("2026-11-25T19:29:17Z"));
         assert_eq!(at("2026-11-25T21:29:17+02:00"), at("2026-11-25T19:29:17Z"));
         assert_eq!(at("2026-11-25"), at("2026-11-25T00:00:00Z"));
-        assert_eq!(at("1700000000"), 1_700_000_000);
-        assert_eq!(format_rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(at("1700000000"), UnixTime::from_secs(1_700_000_000));
+        assert_eq!(format_rfc3339(UnixTime::from_secs(1_700_000_000)), "2023-11-14T22:13:20Z");
         for bad in [
             "",
             "2026-13-01",

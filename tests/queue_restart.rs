@@ -4,7 +4,6 @@
 #[path = "it/common/mod.rs"]
 mod common;
 
-use billing_worker::ledger::Ts;
 use billing_worker::store::{InboxFilter, InboxStatus};
 use billing_worker::time::parse_rfc3339;
 use common::amqp::*;
@@ -14,8 +13,8 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
 
-fn t0() -> Ts {
-    parse_rfc3339("2026-09-01T00:00:00Z").unwrap()
+fn t0() -> i64 {
+    (parse_rfc3339("2026-09-01T00:00:00Z").unwrap()).secs()
 }
 
 fn rabbitmqctl(args: &[&str]) {

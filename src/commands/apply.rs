@@ -13,7 +13,7 @@ use crate::ledger::{Op, Source as LotSource};
 use crate::store::{Batch, BoxFuture, InboxRow, InboxStatus, OnMissing, Request, Store, StoreError};
 use crate::stripe::Intake;
 use crate::stripe::event::parse_envelope;
-use crate::time::Ts;
+use crate::time::UnixTime;
 use serde::Serialize;
 use std::future::Future;
 use std::pin::Pin;
@@ -39,7 +39,7 @@ impl Outcome {
             duplicate: r.duplicate,
             detail: r.detail,
             credits: r.applied.as_ref().map(|a| a.credits),
-            balance: r.applied.as_ref().map(|a| a.balance),
+            balance: r.applied.as_ref().map(|a| a.balance.get()),
         }
     }
 }
@@ -77,14 +77,14 @@ impl Source for Commands {
         &'a self,
         b: &'a mut Batch,
         cmd: &'a Command,
-        now: Ts,
+        now: UnixTime,
     ) -> BoxFuture<'a, Result<Decision, StoreError>> {
         Box::pin(self.decide_command(b, cmd, now))
     }
 }
 
 impl Commands {
-    async fn decide_command(&self, b: &mut Batch, cmd: &Command, now: Ts) -> Result<Decision, StoreError> {
+    async fn decide_command(&self, b: &mut Batch, cmd: &Command, now: UnixTime) -> Result<Decision, StoreError> {
         let (mut req, customer) = match self.request(cmd, now) {
             Ok(r) => r,
             Err(reason) => return Ok(Decision::Failed { reason, facts: vec![] }),
@@ -117,7 +117,7 @@ impl Commands {
     }
 
     /// The ledger request of a command, and a Stripe customer to link. `Err` is a reason it can never apply.
-    fn request(&self, cmd: &Command, now: Ts) -> Result<(Request, Option<String>), String> {
+    fn request(&self, cmd: &Command, now: UnixTime) -> Result<(Request, Option<String>), String> {
         let cause = format!("command:{}", cmd.id);
         let req = |account: &str, op: Op, on_missing: OnMissing| Request {
             account: account.into(),
@@ -135,7 +135,7 @@ impl Commands {
             Kind::PackagePurchased { account_id, package, quantity, payment_ref } => {
                 let p = self.catalog.packages.get(package).ok_or_else(|| format!("unknown package {package:?}"))?;
                 let lot_id = payment_ref.clone().unwrap_or_else(|| format!("command:{}", cmd.id));
-                let op = Op::Grant { lot_id, source: LotSource::Package, credits: p.credits * quantity };
+                let op = Op::Grant { lot_id: lot_id.into(), source: LotSource::Package, credits: p.credits * quantity };
                 (req(account_id, op, OnMissing::Refuse), None)
             }
             Kind::CycleEnded { account_id, .. } => (req(account_id, Op::Tick, OnMissing::Refuse), None),
@@ -187,7 +187,7 @@ impl Commander {
 
     /// Apply a parsed command once. Queued when called (commands of one account are applied in the order they
     /// are handed here). Errors only when it could not be stored (retry later).
-    pub fn apply(&self, cmd: &Command, raw: &str, now: Ts) -> Answer {
+    pub fn apply(&self, cmd: &Command, raw: &str, now: UnixTime) -> Answer {
         let me = self.clone();
         let (cmd, raw) = (cmd.clone(), raw.to_owned());
         if let Kind::StripeEvent { payload, signature } = &cmd.kind {
@@ -210,7 +210,7 @@ impl Commander {
     }
 
     /// Decide a stored command again (replay of a failed or waiting one). An applied one changes nothing.
-    pub async fn replay(&self, row_id: i64, now: Ts) -> Result<Outcome, StoreError> {
+    pub async fn replay(&self, row_id: i64, now: UnixTime) -> Result<Outcome, StoreError> {
         let row = self.store.inbox_get(&row_id.to_string()).await?;
         let row = row.ok_or_else(|| StoreError::Corrupt(format!("no inbox row {row_id}")))?;
         if let Ok(cmd) = parse(row.payload.as_bytes())
@@ -241,7 +241,7 @@ impl Commander {
         kind: &str,
         raw: &str,
         reason: &str,
-        now: Ts,
+        now: UnixTime,
     ) -> Result<Outcome, StoreError> {
         let incoming = Incoming { event_id: id.into(), kind: kind.into(), payload: raw.into(), created: now };
         let r = keep_failed(&self.store, SOURCE, incoming, reason.into(), now).await?;
@@ -254,14 +254,18 @@ impl Commander {
         &self,
         payload: &str,
         signature: Option<&str>,
-        now: Ts,
+        now: UnixTime,
     ) -> Result<Result<Receipt, String>, StoreError> {
         match signature {
             // Authenticity, not freshness: a queued event may wait, so the timestamp tolerance is off.
             Some(sig) => {
-                if let Err(e) =
-                    crate::stripe::signature::verify(Some(sig), payload.as_bytes(), &self.webhook_secrets, 0, now)
-                {
+                if let Err(e) = crate::stripe::signature::verify(
+                    Some(sig),
+                    payload.as_bytes(),
+                    &self.webhook_secrets,
+                    0,
+                    now.secs(),
+                ) {
                     return Ok(Err(format!("stripe.event signature: {e}")));
                 }
             }

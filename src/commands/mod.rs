@@ -2,7 +2,7 @@
 //! `POST /v1/commands`. Parsing tells a malformed message from an unknown type; applying ([`apply`]) goes
 //! through the inbox protocol (source `queue`), once per id.
 
-use crate::time::{Ts, parse_rfc3339};
+use crate::time::{UnixTime, parse_rfc3339};
 use serde_json::Value;
 
 pub const SOURCE: &str = "queue";
@@ -19,7 +19,7 @@ pub struct Command {
 pub enum Kind {
     AccountCreated { account_id: String, stripe_customer_id: Option<String> },
     PackagePurchased { account_id: String, package: String, quantity: i64, payment_ref: Option<String> },
-    CycleEnded { account_id: String, at: Option<Ts> },
+    CycleEnded { account_id: String, at: Option<UnixTime> },
     CreditsAdjusted { account_id: String, credits: i64, reason: String },
     UsageRecorded { account_id: String, user_id: String, operation: String, quantity: i64 },
     StripeEvent { payload: String, signature: Option<String> },
@@ -144,6 +144,8 @@ pub use apply::{Commander, Commands, Outcome};
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[allow(unused_imports)]
+    use crate::domain::test_values::{at, cr};
 
     #[test]
     fn parses_each_type_and_tells_malformed_from_unknown() {
@@ -163,7 +165,7 @@ mod tests {
         );
         assert_eq!(
             ok(r#"{"type":"cycle.ended","id":"c3","account_id":"a","at":"2026-01-01"}"#).kind,
-            Kind::CycleEnded { account_id: "a".into(), at: Some(1_767_225_600) }
+            Kind::CycleEnded { account_id: "a".into(), at: Some(at(1_767_225_600)) }
         );
         assert!(matches!(
             ok(r#"{"type":"credits.adjusted","id":"c4","account_id":"a","credits":-5,"reason":"r"}"#).kind,

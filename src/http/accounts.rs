@@ -6,7 +6,7 @@ use super::extract::{Body, Query, Service};
 use super::views::*;
 use crate::ledger::Op;
 use crate::store::{GroupBy, Request};
-use crate::time::{Ts, format_rfc3339, parse_rfc3339};
+use crate::time::{UnixTime, format_rfc3339, parse_rfc3339};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -27,24 +27,24 @@ pub async fn balance(
         .catalog
         .costs
         .iter()
-        .map(|(op, cost)| (op.clone(), if app.config.catalog.entitled(plan, op) { v.balance / cost } else { 0 }))
+        .map(|(op, cost)| (op.clone(), if app.config.catalog.entitled(plan, op) { v.balance.get() / cost } else { 0 }))
         .collect();
     Ok(Json(Balance {
         account: v.account,
         plan: v.plan.clone(),
-        balance: v.balance,
-        held: v.held,
+        balance: v.balance.get(),
+        held: v.held.get(),
         lots: v
             .lots
             .iter()
             .map(|l| LotView {
                 source: l.source.as_str().into(),
-                remaining: l.remaining,
+                remaining: l.remaining.get(),
                 expires_at: l.expires_at.map(format_rfc3339),
             })
             .collect(),
         cycle: v.cycle.map(|(s, e)| CycleView { start: format_rfc3339(s), end: format_rfc3339(e) }),
-        expiring_at_cycle_end: v.expiring_at_cycle_end,
+        expiring_at_cycle_end: v.expiring_at_cycle_end.get(),
         affordable,
     }))
 }
@@ -80,7 +80,7 @@ pub struct LedgerQuery {
     pub limit: Option<i64>,
 }
 
-fn time_param(name: &str, v: Option<&str>, default: Ts) -> Result<Ts, ApiError> {
+fn time_param(name: &str, v: Option<&str>, default: UnixTime) -> Result<UnixTime, ApiError> {
     match v {
         None => Ok(default),
         Some(s) => parse_rfc3339(s).ok_or_else(|| {
@@ -98,8 +98,8 @@ pub async fn ledger(
     Query(q): Query<LedgerQuery>,
 ) -> Result<Json<LedgerPage>, ApiError> {
     app.store.account(&account, app.clock.now()).await?;
-    let since = time_param("since", q.since.as_deref(), i64::MIN)?;
-    let until = time_param("until", q.until.as_deref(), i64::MAX)?;
+    let since = time_param("since", q.since.as_deref(), UnixTime::MIN)?;
+    let until = time_param("until", q.until.as_deref(), UnixTime::MAX)?;
     let after = super::extract::cursor("cursor", q.cursor.as_deref())?;
     let limit = super::extract::limit(q.limit)?;
     let rows = app.store.entries_page(&account, after, since, until, limit).await?;

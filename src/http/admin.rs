@@ -54,7 +54,7 @@ pub async fn adjust(
     };
     let out = app.store.execute(req).await?;
     let r = out.applied();
-    Ok((StatusCode::CREATED, Json(Adjustment { credits: r.credits, balance: r.balance })))
+    Ok((StatusCode::CREATED, Json(Adjustment { credits: r.credits, balance: r.balance.get() })))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

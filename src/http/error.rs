@@ -101,10 +101,12 @@ impl From<StoreError> for ApiError {
 impl From<RuleError> for ApiError {
     fn from(e: RuleError) -> Self {
         match e {
-            RuleError::Insufficient { balance, needed } => ApiError::Insufficient { balance, cost: needed },
+            RuleError::Insufficient { balance, needed } => {
+                ApiError::Insufficient { balance: balance.get(), cost: needed.get() }
+            }
             RuleError::NotAMember(u) => ApiError::NotAMember(u),
             RuleError::SeatLimit { seats } => ApiError::SeatLimit(seats),
-            RuleError::UnknownHold(h) => ApiError::UnknownHold(h),
+            RuleError::UnknownHold(h) => ApiError::UnknownHold(h.into_string()),
             RuleError::NotEntitled { .. } => ApiError::NotEntitled(e.to_string()),
             RuleError::HoldNotActive { .. } | RuleError::CaptureTooLarge { .. } => ApiError::Hold(e.to_string()),
             other => ApiError::BadRequest(other.to_string()),

@@ -4,7 +4,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{Body, Service};
 use super::views::*;
-use crate::ledger::{Account, Hold, Op, RuleError};
+use crate::ledger::{Account, Hold, HoldId, Op, RuleError};
 use crate::store::{Guard, IdempotencyKey, OnMissing, Outcome, Request};
 use crate::time::format_rfc3339;
 use axum::Json;
@@ -54,9 +54,9 @@ fn entitled(app: &AppState, operation: &str) -> Guard {
 }
 
 /// A hold as the change left it, with the account's balance.
-fn hold_of(id: &str) -> impl Fn(&Account) -> Option<(Hold, i64)> + Send + Sync + 'static {
-    let id = id.to_owned();
-    move |a| a.holds.iter().find(|h| h.id == id).map(|h| (h.clone(), a.balance))
+fn hold_of(id: &HoldId) -> impl Fn(&Account) -> Option<(Hold, i64)> + Send + Sync + 'static {
+    let id = id.clone();
+    move |a| a.holds.iter().find(|h| h.id == id).map(|h| (h.clone(), a.balance.get()))
 }
 
 #[utoipa::path(post, path = "/v1/quote", request_body = QuoteRequest, security(("bearer" = [])),
@@ -110,7 +110,7 @@ pub async fn debit(
         Json(Debit {
             debit_id: stable_id("dbt", &account, &d.idempotency_key),
             credits: a.credits,
-            balance: a.balance,
+            balance: a.balance.get(),
         }),
     ))
 }
@@ -143,7 +143,7 @@ pub async fn hold(
             hex::encode(buf)
         }
     };
-    let id = stable_id("hold", &account, &key);
+    let id = HoldId::new(stable_id("hold", &account, &key));
     let now = app.clock.now();
     let op = Op::HoldCreate {
         id: id.clone(),
@@ -166,19 +166,24 @@ pub async fn hold(
 }
 
 /// The answer about a hold: as the change left it, or as stored (a repeat whose hold has moved on).
-async fn hold_view(app: &AppState, id: &str, account: &str, seen: Option<(Hold, i64)>) -> Result<HoldView, ApiError> {
+async fn hold_view(
+    app: &AppState,
+    id: &HoldId,
+    account: &str,
+    seen: Option<(Hold, i64)>,
+) -> Result<HoldView, ApiError> {
     let (h, balance) = match seen {
         Some(v) => v,
         None => {
-            let (_, h) = app.store.hold(id).await?.ok_or_else(|| ApiError::UnknownHold(id.into()))?;
-            (h, app.store.account(account, app.clock.now()).await?.balance)
+            let (_, h) = app.store.hold(id).await?.ok_or_else(|| ApiError::UnknownHold(id.to_string()))?;
+            (h, app.store.account(account, app.clock.now()).await?.balance.get())
         }
     };
     Ok(HoldView {
-        hold_id: h.id,
+        hold_id: h.id.into_string(),
         account: account.to_owned(),
         status: h.status.as_str().into(),
-        credits: h.amount,
+        credits: h.amount.get(),
         expires_at: format_rfc3339(h.deadline),
         balance,
     })
@@ -194,14 +199,15 @@ pub async fn capture(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<HoldView>, ApiError> {
+    let id = HoldId::from(id);
     // The body is optional: none captures all.
     let body: CaptureRequest = if body.iter().all(u8::is_ascii_whitespace) {
         CaptureRequest::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?
     };
-    let (account, h) = app.store.hold(&id).await?.ok_or_else(|| ApiError::UnknownHold(id.clone()))?;
-    let credits = body.credits.unwrap_or(h.amount);
+    let (account, h) = app.store.hold(&id).await?.ok_or_else(|| ApiError::UnknownHold(id.to_string()))?;
+    let credits = body.credits.unwrap_or(h.amount.get());
     if credits < 0 {
         return Err(ApiError::BadRequest(format!("credits must be 0 or more, got {credits}")));
     }
@@ -225,7 +231,8 @@ pub async fn release(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<HoldView>, ApiError> {
-    let (account, _) = app.store.hold(&id).await?.ok_or_else(|| ApiError::UnknownHold(id.clone()))?;
+    let id = HoldId::from(id);
+    let (account, _) = app.store.hold(&id).await?.ok_or_else(|| ApiError::UnknownHold(id.to_string()))?;
     let req = Request {
         account: account.clone(),
         op: Op::HoldRelease { id: id.clone() },

@@ -29,7 +29,7 @@ pub async fn stripe(
     }
     let header = headers.get("stripe-signature").map(|v| v.to_str().unwrap_or(""));
     let now = app.clock.now();
-    verify(header, &body, &app.config.webhook_secrets, app.config.webhook_tolerance_secs, now)
+    verify(header, &body, &app.config.webhook_secrets, app.config.webhook_tolerance_secs, now.secs())
         .map_err(|e| ApiError::BadSignature(e.to_string()))?;
     let env = parse_envelope(&body).map_err(|e| ApiError::BadPayload(e.to_string()))?;
     let payload = std::str::from_utf8(&body).map_err(|_| ApiError::BadPayload("body is not UTF-8".into()))?;

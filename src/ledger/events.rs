@@ -1,7 +1,7 @@
 //! The outgoing events a change makes (SPEC §6): credits granted, debited, expired, clawed back; balance low
 //! and depleted; subscription changed. Pure: the store writes them to the outbox in the change's transaction.
 
-use super::{Account, EntryKind, Subscription};
+use super::{Account, Credits, EntryKind, Subscription};
 use serde_json::{Value, json};
 
 /// One outgoing event: its type (the routing key) and its data.
@@ -13,7 +13,7 @@ pub struct OutEvent {
 
 /// Events of a change from `before_balance` to the state of `after` (whose `entries` are the change's), with
 /// `changed` the subscriptions it recorded differently. `low` is the balance under which `balance.low` is sent.
-pub fn events_of(after: &Account, before_balance: i64, changed: &[&Subscription], low: i64) -> Vec<OutEvent> {
+pub fn events_of(after: &Account, before_balance: Credits, changed: &[&Subscription], low: i64) -> Vec<OutEvent> {
     let mut out = Vec::new();
     let mut totals: Vec<(&'static str, i64, Vec<String>)> = Vec::new();
     for e in &after.entries {
@@ -44,10 +44,11 @@ pub fn events_of(after: &Account, before_balance: i64, changed: &[&Subscription]
             data: json!({"subscription": s.id, "plan": s.terms.plan, "status": s.status, "ends_at": s.ends_at, "balance": after.balance}),
         });
     }
-    if after.balance < low && before_balance >= low && after.balance > 0 {
+    let (balance, before) = (after.balance.get(), before_balance.get());
+    if balance < low && before >= low && balance > 0 {
         out.push(OutEvent { kind: "balance.low", data: json!({"balance": after.balance, "threshold": low}) });
     }
-    if after.balance == 0 && before_balance > 0 {
+    if balance == 0 && before > 0 {
         out.push(OutEvent { kind: "balance.depleted", data: json!({"balance": 0}) });
     }
     out
@@ -56,6 +57,8 @@ pub fn events_of(after: &Account, before_balance: i64, changed: &[&Subscription]
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[allow(unused_imports)]
+    use crate::domain::test_values::{at, cr};
     use crate::ledger::{Op, Source};
 
     fn kinds(v: &[OutEvent]) -> Vec<&str> {
@@ -65,18 +68,18 @@ mod tests {
     #[test]
     fn grants_debits_low_and_depleted() {
         let mut a = Account::new("a");
-        a.apply(&Op::Grant { lot_id: "p".into(), source: Source::Package, credits: 12 }, 0, "c1").unwrap();
-        let ev = events_of(&a, 0, &[], 10);
+        a.apply(&Op::Grant { lot_id: "p".into(), source: Source::Package, credits: 12 }, at(0), "c1").unwrap();
+        let ev = events_of(&a, cr(0), &[], 10);
         assert_eq!(kinds(&ev), vec!["credits.granted"]);
         assert_eq!(ev[0].data["credits"], 12);
         a.entries.clear();
-        a.apply(&Op::Debit { key: "d".into(), credits: 4, user_id: None, operation: None }, 1, "c2").unwrap();
-        assert_eq!(kinds(&events_of(&a, 12, &[], 10)), vec!["credits.debited", "balance.low"]);
+        a.apply(&Op::Debit { key: "d".into(), credits: 4, user_id: None, operation: None }, at(1), "c2").unwrap();
+        assert_eq!(kinds(&events_of(&a, cr(12), &[], 10)), vec!["credits.debited", "balance.low"]);
         a.entries.clear();
-        a.apply(&Op::Debit { key: "e".into(), credits: 1, user_id: None, operation: None }, 2, "c3").unwrap();
-        assert_eq!(kinds(&events_of(&a, 8, &[], 10)), vec!["credits.debited"], "already low: not sent again");
+        a.apply(&Op::Debit { key: "e".into(), credits: 1, user_id: None, operation: None }, at(2), "c3").unwrap();
+        assert_eq!(kinds(&events_of(&a, cr(8), &[], 10)), vec!["credits.debited"], "already low: not sent again");
         a.entries.clear();
-        a.apply(&Op::Debit { key: "f".into(), credits: 7, user_id: None, operation: None }, 3, "c4").unwrap();
-        assert_eq!(kinds(&events_of(&a, 7, &[], 10)), vec!["credits.debited", "balance.depleted"]);
+        a.apply(&Op::Debit { key: "f".into(), credits: 7, user_id: None, operation: None }, at(3), "c4").unwrap();
+        assert_eq!(kinds(&events_of(&a, cr(7), &[], 10)), vec!["credits.debited", "balance.depleted"]);
     }
 }

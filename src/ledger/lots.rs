@@ -1,15 +1,15 @@
 //! Lots: granting, spending in expiry order, manual adjustments, refunds and lot expiry.
 
-use super::{Account, EntryBuilder, EntryKind, Lot, RuleError, Source, Ts};
+use super::{Account, Credits, EntryBuilder, EntryKind, Lot, LotId, NewLot, RuleError, Source, Why};
 
 impl Account {
     /// Spending order (rule 2): lots that expire soonest first; among lots with no fixed expiry, subscription
     /// credits first, because they are the ones a cycle close may cut; then the oldest.
     pub(crate) fn spending_order(&self) -> Vec<usize> {
-        let mut idx: Vec<usize> = (0..self.lots.len()).filter(|&i| self.lots[i].remaining > 0).collect();
+        let mut idx: Vec<usize> = (0..self.lots.len()).filter(|&i| !self.lots[i].remaining.is_zero()).collect();
         idx.sort_by_key(|&i| {
             let l = &self.lots[i];
-            (l.expires_at.unwrap_or(i64::MAX), l.source != Source::Subscription, l.granted_at, l.id.clone())
+            (l.expires_at.is_none(), l.expires_at, l.source != Source::Subscription, l.granted_at, l.id.clone())
         });
         idx
     }
@@ -18,111 +18,105 @@ impl Account {
     /// cannot cover it. Returns what came from which lot.
     pub(crate) fn take(
         &mut self,
-        credits: i64,
+        credits: Credits,
         kind: EntryKind,
-        now: Ts,
-        cause: &str,
-        user: Option<&str>,
-        operation: Option<&str>,
-    ) -> Result<Vec<(String, i64)>, RuleError> {
-        self.take_preferring(&[], credits, kind, now, cause, user, operation)
+        why: Why,
+    ) -> Result<Vec<(LotId, Credits)>, RuleError> {
+        self.take_preferring(&[], credits, kind, why)
     }
 
     /// [`Account::take`], first from the lots of `prefer`, at most the credits given for each; returns what came
     /// from which lot.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn take_preferring(
         &mut self,
-        prefer: &[(String, i64)],
-        credits: i64,
+        prefer: &[(LotId, Credits)],
+        credits: Credits,
         kind: EntryKind,
-        now: Ts,
-        cause: &str,
-        user: Option<&str>,
-        operation: Option<&str>,
-    ) -> Result<Vec<(String, i64)>, RuleError> {
+        why: Why,
+    ) -> Result<Vec<(LotId, Credits)>, RuleError> {
         if credits > self.balance {
             return Err(RuleError::Insufficient { balance: self.balance, needed: credits });
         }
         let mut left = credits;
-        let mut taken = Vec::new();
+        let mut taken: Vec<(LotId, Credits)> = Vec::new();
         let preferred =
-            prefer.iter().filter_map(|(lot, max)| self.lots.iter().position(|l| &l.id == lot).map(|i| (i, *max)));
-        let order: Vec<(usize, i64)> =
-            preferred.chain(self.spending_order().into_iter().map(|i| (i, i64::MAX))).collect();
+            prefer.iter().filter_map(|(lot, max)| self.lots.iter().position(|l| &l.id == lot).map(|i| (i, Some(*max))));
+        let order: Vec<(usize, Option<Credits>)> =
+            preferred.chain(self.spending_order().into_iter().map(|i| (i, None))).collect();
         for (i, max) in order {
-            if left == 0 {
+            if left.is_zero() {
                 break;
             }
-            let n = left.min(self.lots[i].remaining).min(max);
-            if n <= 0 {
+            let n = left.min(self.lots[i].remaining);
+            let n = max.map_or(n, |m| n.min(m));
+            if n.is_zero() {
                 continue;
             }
             self.lots[i].remaining -= n;
             self.balance -= n;
             left -= n;
             let id = self.lots[i].id.clone();
-            self.push_entry(EntryBuilder { user, operation, ..EntryBuilder::new(now, kind, -n, Some(&id), cause) });
-            match taken.iter_mut().find(|(l, _): &&mut (String, i64)| *l == id) {
+            self.push_entry(EntryBuilder::new(why, kind, -n.get(), Some(&id)));
+            match taken.iter_mut().find(|(l, _)| *l == id) {
                 Some(t) => t.1 += n,
                 None => taken.push((id, n)),
             }
         }
-        debug_assert_eq!(left, 0, "balance covered the take but the lots did not");
+        debug_assert!(left.is_zero(), "balance covered the take but the lots did not");
         Ok(taken)
     }
 
     /// Grant a lot unless a lot with this id exists. Returns the credits granted (0 for a repeat).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn grant_once(
-        &mut self,
-        lot_id: &str,
-        source: Source,
-        credits: i64,
-        now: Ts,
-        subscription: Option<(&str, Ts)>,
-        expires_at: Option<Ts>,
-        cause: &str,
-    ) -> i64 {
-        if credits <= 0 || self.lots.iter().any(|l| l.id == lot_id) {
-            return 0;
+    pub(crate) fn grant_once(&mut self, lot: NewLot, why: Why) -> Credits {
+        if lot.credits.is_zero() || self.lots.iter().any(|l| l.id == lot.id) {
+            return Credits::ZERO;
         }
+        let (subscription_id, cycle_start) = lot.subscription.map_or((None, None), |(s, c)| (Some(s), Some(c)));
         self.lots.push(Lot {
-            id: lot_id.to_owned(),
-            source,
-            amount: credits,
-            remaining: credits,
-            granted_at: now,
-            expires_at,
-            subscription_id: subscription.map(|(s, _)| s.to_owned()),
-            cycle_start: subscription.map(|(_, c)| c),
-            clawed: 0,
+            id: lot.id.clone(),
+            source: lot.source,
+            amount: lot.credits,
+            remaining: lot.credits,
+            granted_at: why.at,
+            expires_at: lot.expires_at,
+            subscription_id,
+            cycle_start,
+            clawed: Credits::ZERO,
         });
-        self.balance += credits;
-        self.push_entry(EntryBuilder::new(now, EntryKind::Grant, credits, Some(lot_id), cause));
-        credits
+        self.balance += lot.credits;
+        self.push_entry(EntryBuilder::new(why, EntryKind::Grant, lot.credits.get(), Some(&lot.id)));
+        lot.credits
     }
 
-    /// Free signup credits, once per account (rule 10).
-    pub(crate) fn signup(&mut self, credits: i64, now: Ts, cause: &str) -> i64 {
+    /// Free signup credits, once per account (rule 10). A count below one grants nothing.
+    pub(crate) fn signup(&mut self, credits: i64, why: Why) -> i64 {
         if self.signup_granted {
             return 0;
         }
         self.signup_granted = true;
-        self.grant_once("signup", Source::Signup, credits, now, None, None, cause)
+        let Some(credits) = Credits::new(credits) else { return 0 };
+        let lot = NewLot { id: "signup".into(), source: Source::Signup, credits, subscription: None, expires_at: None };
+        self.grant_once(lot, why).get()
     }
 
     /// Manual grant (> 0) or removal (< 0). A removal takes what the balance has, never more.
-    pub(crate) fn adjust(&mut self, key: &str, credits: i64, now: Ts, cause: &str) -> i64 {
+    pub(crate) fn adjust(&mut self, key: &str, credits: i64, why: Why) -> i64 {
         if credits > 0 {
-            return self.grant_once(&format!("adjustment:{key}"), Source::Adjustment, credits, now, None, None, cause);
+            let lot = NewLot {
+                id: format!("adjustment:{key}").into(),
+                source: Source::Adjustment,
+                credits: Credits::new(credits).expect("positive"),
+                subscription: None,
+                expires_at: None,
+            };
+            return self.grant_once(lot, why).get();
         }
-        let n = (-credits).min(self.balance);
-        if n == 0 {
+        let n = Credits::new(credits.saturating_neg()).unwrap_or_default().min(self.balance);
+        if n.is_zero() {
             return 0;
         }
-        self.take(n, EntryKind::Adjust, now, cause, None, None).expect("removal is capped at the balance");
-        -n
+        self.take(n, EntryKind::Adjust, why).expect("removal is capped at the balance");
+        -n.get()
     }
 
     /// Refund clawback (rule 9): `refunded` of `total` (cumulative, in the payment's currency units) was
@@ -130,53 +124,51 @@ impl Account {
     /// left in the lot is taken; the rest was spent and is recorded as a shortfall. Returns credits taken.
     pub(crate) fn refund(
         &mut self,
-        payment: &str,
+        payment: &LotId,
         refunded: i64,
         total: i64,
-        now: Ts,
-        cause: &str,
-    ) -> Result<i64, RuleError> {
+        why: Why,
+    ) -> Result<Credits, RuleError> {
         if total <= 0 || refunded < 0 || refunded > total {
             return Err(RuleError::InvalidRefund { refunded, total });
         }
-        let i =
-            self.lots.iter().position(|l| l.id == payment).ok_or_else(|| RuleError::UnknownPayment(payment.into()))?;
+        let i = self
+            .lots
+            .iter()
+            .position(|l| l.id == *payment)
+            .ok_or_else(|| RuleError::UnknownPayment(payment.clone()))?;
         let lot = &self.lots[i];
-        let target = ((lot.amount as i128 * refunded as i128) / total as i128) as i64;
-        let claim = target - lot.clawed;
-        if claim <= 0 {
-            return Ok(0);
-        }
+        let target = ((lot.amount.get() as i128 * refunded as i128) / total as i128) as i64;
+        let Some(claim) = Credits::new(target - lot.clawed.get()).filter(|c| !c.is_zero()) else {
+            return Ok(Credits::ZERO);
+        };
         let take = claim.min(lot.remaining);
         let shortfall = claim - take;
         let id = lot.id.clone();
         self.lots[i].clawed += claim;
         self.lots[i].remaining -= take;
         self.balance -= take;
-        if take > 0 {
-            self.push_entry(EntryBuilder::new(now, EntryKind::Clawback, -take, Some(&id), cause));
+        if !take.is_zero() {
+            self.push_entry(EntryBuilder::new(why, EntryKind::Clawback, -take.get(), Some(&id)));
         }
-        if shortfall > 0 {
-            self.push_entry(EntryBuilder {
-                shortfall,
-                ..EntryBuilder::new(now, EntryKind::Shortfall, 0, Some(&id), cause)
-            });
+        if !shortfall.is_zero() {
+            self.push_entry(EntryBuilder { shortfall, ..EntryBuilder::new(why, EntryKind::Shortfall, 0, Some(&id)) });
         }
         Ok(take)
     }
 
     /// Expire what is left in lot `i` at `at`.
-    pub(crate) fn expire_lot(&mut self, i: usize, at: Ts, cause: &str) {
-        self.expire_from_lot(i, self.lots[i].remaining, at, cause);
+    pub(crate) fn expire_lot(&mut self, i: usize, why: Why) {
+        self.expire_from_lot(i, self.lots[i].remaining, why);
     }
 
-    pub(crate) fn expire_from_lot(&mut self, i: usize, n: i64, at: Ts, cause: &str) {
-        if n <= 0 {
+    pub(crate) fn expire_from_lot(&mut self, i: usize, n: Credits, why: Why) {
+        if n.is_zero() {
             return;
         }
         self.lots[i].remaining -= n;
         self.balance -= n;
         let id = self.lots[i].id.clone();
-        self.push_entry(EntryBuilder::new(at, EntryKind::Expire, -n, Some(&id), cause));
+        self.push_entry(EntryBuilder::new(why, EntryKind::Expire, -n.get(), Some(&id)));
     }
 }

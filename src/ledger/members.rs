@@ -45,6 +45,8 @@ impl Account {
 mod tests {
     use super::super::{Op, Source};
     use super::*;
+    #[allow(unused_imports)]
+    use crate::domain::test_values::{at, cr};
 
     fn debit(user: &str) -> Op {
         Op::Debit { key: "k".into(), credits: 1, user_id: Some(user.into()), operation: None }
@@ -53,24 +55,29 @@ mod tests {
     #[test]
     fn members_share_credits_up_to_the_seats() {
         let mut a = Account::new("team");
-        a.apply(&Op::Grant { lot_id: "p".into(), source: Source::Package, credits: 10 }, 0, "t").unwrap();
-        a.apply(&debit("anyone"), 1, "t").expect("no members registered: anyone of the account may spend");
+        a.apply(&Op::Grant { lot_id: "p".into(), source: Source::Package, credits: 10 }, at(0), "t").unwrap();
+        a.apply(&debit("anyone"), at(1), "t").expect("no members registered: anyone of the account may spend");
         for u in ["ann", "bob", "cy"] {
-            a.apply(&Op::AddMember { user_id: u.into(), seats: Some(3) }, 2, "t").unwrap();
+            a.apply(&Op::AddMember { user_id: u.into(), seats: Some(3) }, at(2), "t").unwrap();
         }
         assert_eq!(
-            a.apply(&Op::AddMember { user_id: "dee".into(), seats: Some(3) }, 3, "t"),
+            a.apply(&Op::AddMember { user_id: "dee".into(), seats: Some(3) }, at(3), "t"),
             Err(RuleError::SeatLimit { seats: 3 })
         );
-        a.apply(&Op::AddMember { user_id: "ann".into(), seats: Some(3) }, 3, "t").expect("a repeat is fine");
-        a.apply(&debit("bob"), 4, "t").unwrap();
-        assert_eq!(a.apply(&debit("anyone"), 5, "t"), Err(RuleError::NotAMember("anyone".into())));
-        let hold =
-            Op::HoldCreate { id: "h".into(), credits: 1, deadline: 9, user_id: Some("zed".into()), operation: None };
-        assert_eq!(a.apply(&hold, 5, "t"), Err(RuleError::NotAMember("zed".into())));
-        a.apply(&Op::RemoveMember { user_id: "cy".into() }, 6, "t").unwrap();
-        a.apply(&Op::AddMember { user_id: "dee".into(), seats: Some(3) }, 7, "t").expect("a freed seat");
+        a.apply(&Op::AddMember { user_id: "ann".into(), seats: Some(3) }, at(3), "t").expect("a repeat is fine");
+        a.apply(&debit("bob"), at(4), "t").unwrap();
+        assert_eq!(a.apply(&debit("anyone"), at(5), "t"), Err(RuleError::NotAMember("anyone".into())));
+        let hold = Op::HoldCreate {
+            id: "h".into(),
+            credits: 1,
+            deadline: at(9),
+            user_id: Some("zed".into()),
+            operation: None,
+        };
+        assert_eq!(a.apply(&hold, at(5), "t"), Err(RuleError::NotAMember("zed".into())));
+        a.apply(&Op::RemoveMember { user_id: "cy".into() }, at(6), "t").unwrap();
+        a.apply(&Op::AddMember { user_id: "dee".into(), seats: Some(3) }, at(7), "t").expect("a freed seat");
         assert_eq!(a.balance, 8, "the team's debits came out of the one account balance");
-        assert_eq!(a.apply(&Op::AddMember { user_id: " ".into(), seats: None }, 8, "t"), Err(RuleError::BadUser));
+        assert_eq!(a.apply(&Op::AddMember { user_id: " ".into(), seats: None }, at(8), "t"), Err(RuleError::BadUser));
     }
 }

@@ -23,7 +23,8 @@ mod view;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub use crate::time::Ts;
+pub use crate::domain::{AccountId, Credits, HoldId, LotId};
+pub use crate::time::UnixTime;
 pub use cycle::{PlanTerms, Snapshot, TermsChange};
 pub use transfer::Handover;
 
@@ -61,17 +62,17 @@ impl Source {
 /// never create two lots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lot {
-    pub id: String,
+    pub id: LotId,
     pub source: Source,
-    pub amount: i64,
-    pub remaining: i64,
-    pub granted_at: Ts,
-    pub expires_at: Option<Ts>,
+    pub amount: Credits,
+    pub remaining: Credits,
+    pub granted_at: UnixTime,
+    pub expires_at: Option<UnixTime>,
     /// For subscription lots: the subscription and the start of the credit cycle it was granted for.
     pub subscription_id: Option<String>,
-    pub cycle_start: Option<Ts>,
+    pub cycle_start: Option<UnixTime>,
     /// Credits already claimed back by refunds (taken plus shortfall), so a repeated refund takes nothing more.
-    pub clawed: i64,
+    pub clawed: Credits,
 }
 
 /// The kinds of ledger entries. `amount` of an entry is the change of the spendable balance.
@@ -107,30 +108,30 @@ impl EntryKind {
     }
 }
 
-/// One append-only ledger line.
+/// One append-only ledger line. `amount` is signed: the change of the balance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
-    pub at: Ts,
+    pub at: UnixTime,
     pub kind: EntryKind,
     pub amount: i64,
-    pub lot_id: Option<String>,
-    pub balance_after: i64,
+    pub lot_id: Option<LotId>,
+    pub balance_after: Credits,
     /// What caused it: `event:evt_..`, `command:..`, `debit:KEY`, `hold:ID`, `cycle:SUB:START`, ...
     pub cause: String,
     pub user_id: Option<String>,
     pub operation: Option<String>,
-    pub shortfall: i64,
+    pub shortfall: Credits,
 }
 
 /// A reservation: credits taken out of lots, to be captured (spent) or released (given back to those lots).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hold {
-    pub id: String,
-    pub amount: i64,
+    pub id: HoldId,
+    pub amount: Credits,
     /// Which lots the held credits came from, to give them back there.
-    pub taken: Vec<(String, i64)>,
-    pub created_at: Ts,
-    pub deadline: Ts,
+    pub taken: Vec<(LotId, Credits)>,
+    pub created_at: UnixTime,
+    pub deadline: UnixTime,
     pub user_id: Option<String>,
     pub operation: Option<String>,
     pub status: HoldStatus,
@@ -143,8 +144,8 @@ pub struct Hold {
 /// Credits of lot `lot`, held by a hold, that the close `cause` cut.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldCut {
-    pub lot: String,
-    pub credits: i64,
+    pub lot: LotId,
+    pub credits: Credits,
     pub cause: String,
 }
 
@@ -175,8 +176,8 @@ pub use cycle::Subscription;
 /// active hold took from, and the lot a refund names; `balance` is the sum of `remaining` over lots.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Account {
-    pub id: String,
-    pub balance: i64,
+    pub id: AccountId,
+    pub balance: Credits,
     pub signup_granted: bool,
     pub lots: Vec<Lot>,
     pub subscriptions: Vec<Subscription>,
@@ -191,19 +192,19 @@ pub struct Account {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {
     #[error("insufficient credits: balance {balance}, needed {needed}")]
-    Insufficient { balance: i64, needed: i64 },
+    Insufficient { balance: Credits, needed: Credits },
     #[error("amount must be positive, got {0}")]
     NonPositive(i64),
     #[error("unknown hold {0}")]
-    UnknownHold(String),
+    UnknownHold(HoldId),
     #[error("hold {id} is {status:?}, not active")]
-    HoldNotActive { id: String, status: HoldStatus },
+    HoldNotActive { id: HoldId, status: HoldStatus },
     #[error("capture of {requested} exceeds the {held} held")]
-    CaptureTooLarge { requested: i64, held: i64 },
+    CaptureTooLarge { requested: Credits, held: Credits },
     #[error("unknown subscription {0}")]
     UnknownSubscription(String),
     #[error("no lot was bought by payment {0}")]
-    UnknownPayment(String),
+    UnknownPayment(LotId),
     #[error("{0:?} is not a member of this account")]
     NotAMember(String),
     #[error("all {seats} seats of the plan are taken")]
@@ -231,7 +232,7 @@ pub enum Op {
     },
     /// A package (or any non-expiring) grant keyed by `lot_id` (the payment).
     Grant {
-        lot_id: String,
+        lot_id: LotId,
         source: Source,
         credits: i64,
     },
@@ -247,28 +248,29 @@ pub enum Op {
         credits: i64,
     },
     Refund {
-        payment: String,
+        /// The lot the payment bought (its id is the payment's).
+        payment: LotId,
         refunded: i64,
         total: i64,
     },
     HoldCreate {
-        id: String,
+        id: HoldId,
         credits: i64,
-        deadline: Ts,
+        deadline: UnixTime,
         user_id: Option<String>,
         operation: Option<String>,
     },
     HoldCapture {
-        id: String,
+        id: HoldId,
         credits: i64,
     },
     HoldRelease {
-        id: String,
+        id: HoldId,
     },
     /// Record or update a subscription (plan, anchor); upgrades take effect now, downgrades next cycle.
     Subscribe {
         id: String,
-        anchor: Ts,
+        anchor: UnixTime,
         terms: PlanTerms,
     },
     /// What a Stripe subscription object says, as of `version`; an older snapshot than the last one applied
@@ -289,15 +291,15 @@ pub enum Op {
     /// A billing period of the subscription was paid: grant the allocation of every cycle it covers once due.
     Paid {
         subscription: String,
-        start: Ts,
-        end: Ts,
+        start: UnixTime,
+        end: UnixTime,
     },
     /// Grant the difference to `terms` for the current cycle (rule 6), switching to `terms` if higher.
     Upgrade {
         subscription: String,
         terms: PlanTerms,
         /// When the upgrade happened; the top-up goes to the cycle containing it.
-        at: Ts,
+        at: UnixTime,
     },
     AddMember {
         user_id: String,
@@ -309,16 +311,16 @@ pub enum Op {
     /// The subscription ended at `at`: its credits expire at the end of the cycle containing `at`.
     Cancel {
         subscription: String,
-        at: Ts,
+        at: UnixTime,
     },
 }
 
 /// What an applied op reports back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Applied {
-    /// Credits moved by the op itself (granted, debited, held, captured, clawed back, removed).
+    /// Credits moved by the op itself (granted, debited, held, captured, clawed back; negative: removed).
     pub credits: i64,
-    pub balance: i64,
+    pub balance: Credits,
 }
 
 impl Op {
@@ -332,24 +334,24 @@ impl Op {
 }
 
 impl Account {
-    pub fn new(id: impl Into<String>) -> Self {
+    pub fn new(id: impl Into<AccountId>) -> Self {
         Account { id: id.into(), ..Default::default() }
     }
 
     /// Credits held by active holds.
-    pub fn held(&self) -> i64 {
+    pub fn held(&self) -> Credits {
         self.holds.iter().filter(|h| h.status == HoldStatus::Active).map(|h| h.amount).sum()
     }
 
     /// Apply due work up to `now`, then `op`, then due work again (an op can make work due, such as a late
     /// payment for an ended cycle or credits released into an expired lot). On a refusal nothing changes.
-    pub fn apply(&mut self, op: &Op, now: Ts, cause: &str) -> Result<Applied, RuleError> {
+    pub fn apply(&mut self, op: &Op, now: UnixTime, cause: &str) -> Result<Applied, RuleError> {
         self.apply_checked(op, now, cause, &|_| Ok(()))
     }
 
     /// [`Account::apply`] with a precondition (such as "the plan in force includes this operation") checked on
     /// the account after its due work, so the check and the change see the same state.
-    pub fn apply_checked(&mut self, op: &Op, now: Ts, cause: &str, check: Check) -> Result<Applied, RuleError> {
+    pub fn apply_checked(&mut self, op: &Op, now: UnixTime, cause: &str, check: Check) -> Result<Applied, RuleError> {
         // Due work stands even when the op is refused: it was owed anyway.
         self.apply_due(now);
         check(self)?;
@@ -366,28 +368,33 @@ impl Account {
         }
     }
 
-    fn apply_op(&mut self, op: &Op, now: Ts, cause: &str) -> Result<i64, RuleError> {
+    fn apply_op(&mut self, op: &Op, now: UnixTime, cause: &str) -> Result<i64, RuleError> {
+        let why = Why::new(now, cause);
         match op {
             Op::Tick => Ok(0),
-            Op::Signup { credits } => Ok(self.signup(*credits, now, cause)),
+            Op::Signup { credits } => Ok(self.signup(*credits, why)),
             Op::Grant { lot_id, source, credits } => {
-                positive(*credits)?;
-                Ok(self.grant_once(lot_id, *source, *credits, now, None, None, cause))
+                let credits = positive(*credits)?;
+                let lot = NewLot { id: lot_id.clone(), source: *source, credits, subscription: None, expires_at: None };
+                Ok(self.grant_once(lot, why).get())
             }
             Op::Debit { credits, user_id, operation, .. } => {
-                positive(*credits)?;
+                let credits = positive(*credits)?;
                 self.check_member(user_id.as_deref())?;
-                self.take(*credits, EntryKind::Debit, now, cause, user_id.as_deref(), operation.as_deref())?;
-                Ok(*credits)
+                let why = Why { user: user_id.as_deref(), operation: operation.as_deref(), ..why };
+                self.take(credits, EntryKind::Debit, why)?;
+                Ok(credits.get())
             }
-            Op::Adjust { key, credits } => Ok(self.adjust(key, *credits, now, cause)),
-            Op::Refund { payment, refunded, total } => self.refund(payment, *refunded, *total, now, cause),
+            Op::Adjust { key, credits } => Ok(self.adjust(key, *credits, why)),
+            Op::Refund { payment, refunded, total } => self.refund(payment, *refunded, *total, why).map(Credits::get),
             Op::HoldCreate { id, credits, deadline, user_id, operation } => {
                 self.check_member(user_id.as_deref())?;
-                self.hold_create(id, *credits, *deadline, user_id.clone(), operation.clone(), now, cause)
+                let credits = positive(*credits)?;
+                let why = Why { user: user_id.as_deref(), operation: operation.as_deref(), ..why };
+                self.hold_create(id, credits, *deadline, why).map(Credits::get)
             }
-            Op::HoldCapture { id, credits } => self.hold_capture(id, *credits, now, cause),
-            Op::HoldRelease { id } => self.hold_release(id, HoldStatus::Released, now, cause),
+            Op::HoldCapture { id, credits } => self.hold_capture(id, *credits, why).map(Credits::get),
+            Op::HoldRelease { id } => self.hold_release(id, HoldStatus::Released, why),
             Op::Subscribe { id, anchor, terms } => {
                 let snap = Snapshot {
                     id: id.clone(),
@@ -397,9 +404,9 @@ impl Account {
                     at: now,
                     ..Snapshot::default()
                 };
-                Ok(self.subscribe(&snap, now, cause))
+                Ok(self.subscribe(&snap, why).get())
             }
-            Op::Snapshot(snap) => Ok(self.subscribe(snap, now, cause)),
+            Op::Snapshot(snap) => Ok(self.subscribe(snap, why).get()),
             Op::SubscriptionStatus { subscription, status, version } => {
                 let si = self.subscriptions.iter().position(|s| &s.id == subscription);
                 let si = si.ok_or_else(|| RuleError::UnknownSubscription(subscription.clone()))?;
@@ -421,63 +428,88 @@ impl Account {
                 }
                 Ok(credits)
             }
-            Op::Paid { subscription, start, end } => self.paid(subscription, *start, *end, now, cause),
-            Op::Upgrade { subscription, terms, at } => self.upgrade(subscription, terms, *at, now, cause),
-            Op::Cancel { subscription, at } => self.cancel(subscription, *at, now),
+            Op::Paid { subscription, start, end } => self.paid(subscription, *start, *end, why).map(Credits::get),
+            Op::Upgrade { subscription, terms, at } => self.upgrade(subscription, terms, *at, why).map(Credits::get),
+            Op::Cancel { subscription, at } => self.cancel(subscription, *at),
             Op::AddMember { user_id, seats } => self.add_member(user_id, *seats),
             Op::RemoveMember { user_id } => self.remove_member(user_id),
         }
     }
 
+    /// Record a change of the balance (already made) as an entry.
     pub(crate) fn push_entry(&mut self, e: EntryBuilder<'_>) {
         self.entries.push(Entry {
-            at: e.at,
+            at: e.why.at,
             kind: e.kind,
             amount: e.amount,
-            lot_id: e.lot.map(str::to_owned),
+            lot_id: e.lot.cloned(),
             balance_after: self.balance,
-            cause: e.cause.to_owned(),
-            user_id: e.user.map(str::to_owned),
-            operation: e.operation.map(str::to_owned),
+            cause: e.why.cause.to_owned(),
+            user_id: e.why.user.map(str::to_owned),
+            operation: e.why.operation.map(str::to_owned),
             shortfall: e.shortfall,
         });
     }
 
     /// The earliest time at which due work is pending, for the periodic tick.
-    pub fn next_due(&self) -> Option<Ts> {
+    pub fn next_due(&self) -> Option<UnixTime> {
         let holds = self.holds.iter().filter(|h| h.status == HoldStatus::Active).map(|h| h.deadline);
-        let lots = self.lots.iter().filter(|l| l.remaining > 0).filter_map(|l| l.expires_at);
+        let lots = self.lots.iter().filter(|l| !l.remaining.is_zero()).filter_map(|l| l.expires_at);
         let subs = self.subscriptions.iter().filter_map(|s| s.next_boundary());
         holds.chain(lots).chain(subs).min()
     }
 
     /// Credits granted so far per cycle start of a subscription (allocation plus upgrade top-ups).
-    pub fn granted_in_cycle(&self, sub: &str, cycle: Ts) -> i64 {
-        self.subscriptions.iter().find(|s| s.id == sub).and_then(|s| s.granted.get(&cycle).copied()).unwrap_or(0)
+    pub fn granted_in_cycle(&self, sub: &str, cycle: UnixTime) -> Credits {
+        self.subscriptions.iter().find(|s| s.id == sub).and_then(|s| s.granted.get(&cycle).copied()).unwrap_or_default()
     }
 }
 
-pub(crate) struct EntryBuilder<'a> {
-    pub at: Ts,
-    pub kind: EntryKind,
-    pub amount: i64,
-    pub lot: Option<&'a str>,
+/// Why credits move: when, the cause every entry records, and for spending, who spent them on what.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Why<'a> {
+    pub at: UnixTime,
     pub cause: &'a str,
     pub user: Option<&'a str>,
     pub operation: Option<&'a str>,
-    pub shortfall: i64,
 }
 
-impl<'a> EntryBuilder<'a> {
-    pub fn new(at: Ts, kind: EntryKind, amount: i64, lot: Option<&'a str>, cause: &'a str) -> Self {
-        EntryBuilder { at, kind, amount, lot, cause, user: None, operation: None, shortfall: 0 }
+impl<'a> Why<'a> {
+    pub fn new(at: UnixTime, cause: &'a str) -> Self {
+        Why { at, cause, user: None, operation: None }
     }
 }
 
-fn positive(n: i64) -> Result<(), RuleError> {
-    if n > 0 { Ok(()) } else { Err(RuleError::NonPositive(n)) }
+/// A lot to grant once.
+#[derive(Debug, Clone)]
+pub(crate) struct NewLot {
+    pub id: LotId,
+    pub source: Source,
+    pub credits: Credits,
+    /// For subscription credits: the subscription and the start of the cycle they are for.
+    pub subscription: Option<(String, UnixTime)>,
+    pub expires_at: Option<UnixTime>,
+}
+
+pub(crate) struct EntryBuilder<'a> {
+    pub why: Why<'a>,
+    pub kind: EntryKind,
+    pub amount: i64,
+    pub lot: Option<&'a LotId>,
+    pub shortfall: Credits,
+}
+
+impl<'a> EntryBuilder<'a> {
+    pub fn new(why: Why<'a>, kind: EntryKind, amount: i64, lot: Option<&'a LotId>) -> Self {
+        EntryBuilder { why, kind, amount, lot, shortfall: Credits::ZERO }
+    }
+}
+
+/// A count asked for that must be at least one credit.
+fn positive(n: i64) -> Result<Credits, RuleError> {
+    if n > 0 { Ok(Credits::new(n).expect("positive")) } else { Err(RuleError::NonPositive(n)) }
 }
 
 /// Map of cycle start to credits granted in it; kept in the subscription so that an allocation or upgrade is
 /// granted once even after its lot is spent and no longer loaded.
-pub type Granted = BTreeMap<Ts, i64>;
+pub type Granted = BTreeMap<UnixTime, Credits>;

@@ -4,11 +4,11 @@
 //! on older terms before the news arrived are topped up.
 
 use super::cycle::{Snapshot, Subscription, TermsChange, boundary_after};
-use super::{Account, PlanTerms, RuleError, Source, Ts};
+use super::{Account, Credits, LotId, NewLot, PlanTerms, RuleError, Source, UnixTime, Why};
 
 impl Subscription {
     /// The terms in force at `t`.
-    pub fn terms_at(&self, t: Ts) -> &PlanTerms {
+    pub fn terms_at(&self, t: UnixTime) -> &PlanTerms {
         let h = self.history.iter().rev().find(|h| h.from <= t).or(self.history.first());
         h.map(|h| &h.terms).unwrap_or(&self.terms)
     }
@@ -22,9 +22,9 @@ impl Subscription {
     }
 
     /// Learn that at `said_at` the plan is `terms`. Returns the earliest time whose terms changed, if any.
-    fn learn(&mut self, terms: &PlanTerms, said_at: Ts) -> Option<Ts> {
+    fn learn(&mut self, terms: &PlanTerms, said_at: UnixTime) -> Option<UnixTime> {
         if self.statements.is_empty() {
-            self.statements.push((i64::MIN, self.terms.clone()));
+            self.statements.push((UnixTime::MIN, self.terms.clone()));
         }
         if self.statements.iter().any(|(t, p)| *t == said_at && p == terms) {
             return None;
@@ -35,7 +35,7 @@ impl Subscription {
         self.rebuild_history();
         self.sync_terms();
         let points = old.iter().chain(self.history.iter()).map(|h| h.from);
-        let old_terms = |t: Ts| old.iter().rev().find(|h| h.from <= t).or(old.first()).map(|h| h.terms.clone());
+        let old_terms = |t: UnixTime| old.iter().rev().find(|h| h.from <= t).or(old.first()).map(|h| h.terms.clone());
         points.filter(|t| old_terms(*t).as_ref() != Some(self.terms_at(*t))).min()
     }
 
@@ -72,12 +72,12 @@ impl Subscription {
 
 impl Account {
     /// Record a subscription, or what a later (or earlier) snapshot says of it.
-    pub(crate) fn subscribe(&mut self, snap: &Snapshot, now: Ts, cause: &str) -> i64 {
+    pub(crate) fn subscribe(&mut self, snap: &Snapshot, why: Why) -> Credits {
         let Some(si) = self.subscriptions.iter().position(|s| s.id == snap.id) else {
             let mut s = Subscription::new(snap);
             s.sync_terms();
             self.subscriptions.push(s);
-            return 0;
+            return Credits::ZERO;
         };
         let s = &mut self.subscriptions[si];
         if snap.version >= s.version {
@@ -93,8 +93,8 @@ impl Account {
         match s.learn(&snap.terms, snap.at) {
             // Cycles that started after the change were allocated on the old terms: top them up. The cycle in
             // which an upgrade happened gets its difference from the paid upgrade invoice.
-            Some(from) => self.top_up_from(si, from, now, cause),
-            None => 0,
+            Some(from) => self.top_up_from(si, from, why),
+            None => Credits::ZERO,
         }
     }
 
@@ -103,44 +103,49 @@ impl Account {
         &mut self,
         sub: &str,
         terms: &PlanTerms,
-        at: Ts,
-        now: Ts,
-        cause: &str,
-    ) -> Result<i64, RuleError> {
+        at: UnixTime,
+        why: Why,
+    ) -> Result<Credits, RuleError> {
         let si = self.sub_index(sub)?;
         let s = &mut self.subscriptions[si];
         s.learn(terms, at);
         let c = s.cycle_start_at(at.min(s.cursor));
         let target = s.terms_at(at).clone();
-        let raised = s.paid_upgrades.entry(c).or_insert(0);
+        let raised = s.paid_upgrades.entry(c).or_default();
         *raised = (*raised).max(target.monthly);
         let next = boundary_after(s.anchor, c);
-        Ok(self.top_up(si, c, &target, now, cause) + self.top_up_from(si, next, now, cause))
+        Ok(self.top_up(si, c, &target, why) + self.top_up_from(si, next, why))
     }
 
-    fn top_up_from(&mut self, si: usize, from: Ts, now: Ts, cause: &str) -> i64 {
+    fn top_up_from(&mut self, si: usize, from: UnixTime, why: Why) -> Credits {
         let s = &self.subscriptions[si];
-        let cycles: Vec<(Ts, PlanTerms)> =
+        let cycles: Vec<(UnixTime, PlanTerms)> =
             s.granted.keys().filter(|c| **c >= from).map(|c| (*c, s.terms_at(*c).clone())).collect();
-        cycles.into_iter().map(|(c, t)| self.top_up(si, c, &t, now, cause)).sum()
+        cycles.into_iter().map(|(c, t)| self.top_up(si, c, &t, why)).sum()
     }
 
     /// Grant cycle `c` the difference up to `target`'s monthly credits; close again what ended since.
-    fn top_up(&mut self, si: usize, c: Ts, target: &PlanTerms, now: Ts, cause: &str) -> i64 {
+    fn top_up(&mut self, si: usize, c: UnixTime, target: &PlanTerms, why: Why) -> Credits {
         let s = &self.subscriptions[si];
-        let Some(&so_far) = s.granted.get(&c) else { return 0 };
-        let diff = target.monthly - so_far;
-        if diff <= 0 || s.finished {
-            return 0;
+        let Some(&so_far) = s.granted.get(&c) else { return Credits::ZERO };
+        let diff = target.monthly.saturating_sub(so_far);
+        if diff.is_zero() || s.finished {
+            return Credits::ZERO;
         }
         let (id, ends_at, cursor) = (s.id.clone(), s.ends_at, s.cursor);
         // Keyed by subscription, cycle and the allocation it tops up to: once for each.
-        let lot_id = format!("upgrade:{id}:{c}:{}:{}", target.plan, target.monthly);
-        let granted = self.grant_once(&lot_id, Source::Subscription, diff, now, Some((&id, c)), ends_at, cause);
-        if granted > 0 {
+        let lot = NewLot {
+            id: LotId::new(format!("upgrade:{id}:{}:{}:{}", c.secs(), target.plan, target.monthly)),
+            source: Source::Subscription,
+            credits: diff,
+            subscription: Some((id, c)),
+            expires_at: ends_at,
+        };
+        let granted = self.grant_once(lot, why);
+        if !granted.is_zero() {
             self.subscriptions[si].granted.insert(c, so_far + granted);
             if c < cursor {
-                self.reclose_after(si, c, now, cause);
+                self.reclose_after(si, c, why);
             }
         }
         granted

@@ -5,7 +5,7 @@ use super::*;
 use crate::time::add_months;
 use proptest::prelude::*;
 
-const ANCHOR: Ts = 1_767_225_600; // 2026-01-01T00:00:00Z
+const ANCHOR: UnixTime = UnixTime::from_secs(1_767_225_600); // 2026-01-01T00:00:00Z
 const DAY: i64 = 86_400;
 
 #[derive(Debug, Clone)]
@@ -42,23 +42,27 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 /// Turn a step into an op at the current time; `Wait` moves the clock.
-fn op_of(s: &Step, now: &mut Ts, n: usize) -> Op {
+fn op_of(s: &Step, now: &mut UnixTime, n: usize) -> Op {
     match *s {
         Step::Wait(d) => {
             *now += d * DAY;
             Op::Tick
         }
-        Step::Package(i, c) => Op::Grant { lot_id: format!("pi_{i}"), source: Source::Package, credits: c },
+        Step::Package(i, c) => Op::Grant { lot_id: format!("pi_{i}").into(), source: Source::Package, credits: c },
         Step::Debit(c) => Op::Debit { key: format!("d{n}"), credits: c, user_id: None, operation: None },
-        Step::Hold(i, c) => {
-            Op::HoldCreate { id: format!("h{i}"), credits: c, deadline: *now + 3 * DAY, user_id: None, operation: None }
-        }
-        Step::Capture(i, c) => Op::HoldCapture { id: format!("h{i}"), credits: c },
-        Step::Release(i) => Op::HoldRelease { id: format!("h{i}") },
+        Step::Hold(i, c) => Op::HoldCreate {
+            id: format!("h{i}").into(),
+            credits: c,
+            deadline: *now + 3 * DAY,
+            user_id: None,
+            operation: None,
+        },
+        Step::Capture(i, c) => Op::HoldCapture { id: format!("h{i}").into(), credits: c },
+        Step::Release(i) => Op::HoldRelease { id: format!("h{i}").into() },
         Step::Pay(m) => {
             Op::Paid { subscription: "sub".into(), start: add_months(ANCHOR, m), end: add_months(ANCHOR, m + 1) }
         }
-        Step::Refund(i, pct) => Op::Refund { payment: format!("pi_{i}"), refunded: pct, total: 100 },
+        Step::Refund(i, pct) => Op::Refund { payment: format!("pi_{i}").into(), refunded: pct, total: 100 },
         Step::Adjust(i, c) => Op::Adjust { key: format!("a{i}"), credits: c },
         Step::Upgrade => Op::Upgrade { subscription: "sub".into(), terms: pro(), at: *now },
         Step::Downgrade => Op::Subscribe { id: "sub".into(), anchor: ANCHOR, terms: basic() },
@@ -96,8 +100,8 @@ proptest! {
                 }
             }
             check_invariants(&a);
-            prop_assert_eq!(entries_sum(&a), a.balance, "balance = sum of entries");
-            let held: i64 = a.holds.iter().filter(|h| h.status == HoldStatus::Active).map(|h| h.amount).sum();
+            prop_assert_eq!(entries_sum(&a), a.balance.get(), "balance = sum of entries");
+            let held: Credits = a.holds.iter().filter(|h| h.status == HoldStatus::Active).map(|h| h.amount).sum();
             prop_assert_eq!(held, a.held());
         }
     }
@@ -144,7 +148,7 @@ proptest! {
         once.apply(&Op::Tick, end, "p").unwrap();
         let mut split = start();
         setup(&mut split);
-        let mut cuts: Vec<Ts> = cuts.iter().map(|d| ANCHOR + d * DAY).filter(|t| *t < end).collect();
+        let mut cuts: Vec<UnixTime> = cuts.iter().map(|d| ANCHOR + d * DAY).filter(|t| *t < end).collect();
         cuts.sort();
         for c in cuts {
             split.apply(&Op::Tick, c, "p").unwrap();

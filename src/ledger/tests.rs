@@ -1,31 +1,32 @@
 //! Unit tests for every credit rule of SPEC §4, and property tests over random sequences of operations.
 
 use super::*;
+pub(crate) use crate::domain::test_values::{at, cr};
 use crate::time::{add_months, parse_rfc3339};
 
-pub(crate) fn t(s: &str) -> Ts {
+pub(crate) fn t(s: &str) -> UnixTime {
     parse_rfc3339(s).unwrap()
 }
 
 pub(crate) fn basic() -> PlanTerms {
-    PlanTerms { plan: "basic".into(), monthly: 20, cap: 40 }
+    PlanTerms { plan: "basic".into(), monthly: cr(20), cap: cr(40) }
 }
 pub(crate) fn pro() -> PlanTerms {
-    PlanTerms { plan: "pro".into(), monthly: 50, cap: 100 }
+    PlanTerms { plan: "pro".into(), monthly: cr(50), cap: cr(100) }
 }
 
-fn ok(a: &mut Account, op: Op, now: Ts) -> Applied {
+fn ok(a: &mut Account, op: Op, now: UnixTime) -> Applied {
     a.apply(&op, now, "test").unwrap_or_else(|e| panic!("{op:?}: {e}"))
 }
 
-fn subscribed(terms: PlanTerms, anchor: Ts, paid_months: i64) -> Account {
+fn subscribed(terms: PlanTerms, anchor: UnixTime, paid_months: i64) -> Account {
     let mut a = Account::new("acc");
     ok(&mut a, Op::Subscribe { id: "sub".into(), anchor, terms }, anchor);
     ok(&mut a, Op::Paid { subscription: "sub".into(), start: anchor, end: add_months(anchor, paid_months) }, anchor);
     a
 }
 
-fn pay(a: &mut Account, anchor: Ts, month: i64, now: Ts) {
+fn pay(a: &mut Account, anchor: UnixTime, month: i64, now: UnixTime) {
     let (start, end) = (add_months(anchor, month), add_months(anchor, month + 1));
     ok(a, Op::Paid { subscription: "sub".into(), start, end }, now);
 }
@@ -35,10 +36,9 @@ fn debit(credits: i64, key: &str) -> Op {
 }
 
 pub(crate) fn check_invariants(a: &Account) {
-    let lots: i64 = a.lots.iter().map(|l| l.remaining).sum();
+    let lots: Credits = a.lots.iter().map(|l| l.remaining).sum();
     assert_eq!(a.balance, lots, "balance = sum of remaining in lots");
-    assert!(a.balance >= 0);
-    assert!(a.lots.iter().all(|l| l.remaining >= 0));
+    // Never negative: balances and what lots have left are `Credits`, which cannot go below zero.
     if let Some(last) = a.entries.last() {
         assert_eq!(last.balance_after, a.balance);
     }
@@ -99,7 +99,7 @@ fn debits_take_expiring_then_subscription_then_oldest() {
     ok(&mut a, debit(25, "d1"), anchor + 20);
     let sub = a.lots.iter().find(|l| l.source == Source::Subscription).unwrap();
     let pkg = a.lots.iter().find(|l| l.source == Source::Package).unwrap();
-    assert_eq!((sub.remaining, pkg.remaining), (0, 95), "subscription credits (cut at close) go first");
+    assert_eq!((sub.remaining, pkg.remaining), (cr(0), cr(95)), "subscription credits (cut at close) go first");
     // A lot with a fixed expiry (a cancelled subscription's) goes before both.
     let mut b = subscribed(basic(), anchor, 1);
     ok(&mut b, Op::Grant { lot_id: "pi_pkg".into(), source: Source::Package, credits: 100 }, anchor + 10);
@@ -111,23 +111,23 @@ fn debits_take_expiring_then_subscription_then_oldest() {
 #[test]
 fn a_debit_the_balance_cannot_cover_is_refused_whole() {
     let mut a = Account::new("acc");
-    ok(&mut a, Op::Signup { credits: 5 }, 0);
+    ok(&mut a, Op::Signup { credits: 5 }, at(0));
     let before = a.clone();
-    assert_eq!(a.apply(&debit(6, "d"), 10, "t"), Err(RuleError::Insufficient { balance: 5, needed: 6 }));
+    assert_eq!(a.apply(&debit(6, "d"), at(10), "t"), Err(RuleError::Insufficient { balance: cr(5), needed: cr(6) }));
     assert_eq!(a, before, "nothing changed");
-    assert_eq!(a.apply(&debit(0, "d"), 10, "t"), Err(RuleError::NonPositive(0)));
-    assert_eq!(a.apply(&debit(-3, "d"), 10, "t"), Err(RuleError::NonPositive(-3)));
-    ok(&mut a, debit(5, "d"), 10);
+    assert_eq!(a.apply(&debit(0, "d"), at(10), "t"), Err(RuleError::NonPositive(0)));
+    assert_eq!(a.apply(&debit(-3, "d"), at(10), "t"), Err(RuleError::NonPositive(-3)));
+    ok(&mut a, debit(5, "d"), at(10));
     assert_eq!(a.balance, 0);
 }
 
 #[test]
 fn signup_once_and_not_for_stripe_accounts() {
     let mut a = Account::new("acc");
-    assert_eq!(ok(&mut a, Op::Signup { credits: 5 }, 0).credits, 5);
-    assert_eq!(ok(&mut a, Op::Signup { credits: 5 }, 1).credits, 0);
+    assert_eq!(ok(&mut a, Op::Signup { credits: 5 }, at(0)).credits, 5);
+    assert_eq!(ok(&mut a, Op::Signup { credits: 5 }, at(1)).credits, 0);
     assert_eq!(a.balance, 5);
-    let b = subscribed(basic(), 0, 1);
+    let b = subscribed(basic(), at(0), 1);
     assert!(b.lots.iter().all(|l| l.source != Source::Signup));
 }
 
@@ -135,9 +135,9 @@ fn signup_once_and_not_for_stripe_accounts() {
 fn packages_grant_once_per_payment_and_never_expire() {
     let mut a = Account::new("acc");
     let g = Op::Grant { lot_id: "pi_1".into(), source: Source::Package, credits: 300 };
-    assert_eq!(ok(&mut a, g.clone(), 0).credits, 300);
-    assert_eq!(ok(&mut a, g, 5).credits, 0);
-    ok(&mut a, Op::Tick, add_months(0, 120));
+    assert_eq!(ok(&mut a, g.clone(), at(0)).credits, 300);
+    assert_eq!(ok(&mut a, g, at(5)).credits, 0);
+    ok(&mut a, Op::Tick, add_months(at(0), 120));
     assert_eq!(a.balance, 300);
     assert!(a.lots[0].expires_at.is_none());
 }
@@ -152,7 +152,7 @@ fn cycle_close_cuts_only_subscription_credits_oldest_first() {
     for m in 1..4 {
         pay(&mut a, anchor, m, add_months(anchor, m));
     }
-    let sub: i64 = a.lots.iter().filter(|l| l.source == Source::Subscription).map(|l| l.remaining).sum();
+    let sub: Credits = a.lots.iter().filter(|l| l.source == Source::Subscription).map(|l| l.remaining).sum();
     assert_eq!(sub, 60);
     assert_eq!(a.balance, 60 + 100 + 7 + 5);
     let first = a.lots.iter().find(|l| l.cycle_start == Some(anchor)).unwrap();
@@ -235,37 +235,41 @@ fn cancellation_keeps_credits_to_cycle_end_then_falls_back_to_free() {
 #[test]
 fn refund_after_half_the_package_was_spent() {
     let mut a = Account::new("acc");
-    ok(&mut a, Op::Grant { lot_id: "pi_1".into(), source: Source::Package, credits: 100 }, 0);
-    ok(&mut a, debit(50, "d"), 1);
-    let r = ok(&mut a, Op::Refund { payment: "pi_1".into(), refunded: 1000, total: 1000 }, 2);
-    assert_eq!((r.credits, a.balance), (50, 0));
+    ok(&mut a, Op::Grant { lot_id: "pi_1".into(), source: Source::Package, credits: 100 }, at(0));
+    ok(&mut a, debit(50, "d"), at(1));
+    let r = ok(&mut a, Op::Refund { payment: "pi_1".into(), refunded: 1000, total: 1000 }, at(2));
+    assert_eq!((r.credits, a.balance), (50, cr(0)));
     let sf = a.entries.iter().find(|e| e.kind == EntryKind::Shortfall).unwrap();
-    assert_eq!((sf.amount, sf.shortfall), (0, 50));
-    assert_eq!(ok(&mut a, Op::Refund { payment: "pi_1".into(), refunded: 1000, total: 1000 }, 3).credits, 0, "once");
+    assert_eq!((sf.amount, sf.shortfall), (0, cr(50)));
+    assert_eq!(
+        ok(&mut a, Op::Refund { payment: "pi_1".into(), refunded: 1000, total: 1000 }, at(3)).credits,
+        0,
+        "once"
+    );
 }
 
 #[test]
 fn partial_refunds_round_down_and_accumulate() {
     let mut a = Account::new("acc");
-    ok(&mut a, Op::Grant { lot_id: "pi_1".into(), source: Source::Package, credits: 25 }, 0);
+    ok(&mut a, Op::Grant { lot_id: "pi_1".into(), source: Source::Package, credits: 25 }, at(0));
     assert_eq!(
-        ok(&mut a, Op::Refund { payment: "pi_1".into(), refunded: 333, total: 1000 }, 1).credits,
+        ok(&mut a, Op::Refund { payment: "pi_1".into(), refunded: 333, total: 1000 }, at(1)).credits,
         8,
         "8.325 rounds down"
     );
     assert_eq!(
-        ok(&mut a, Op::Refund { payment: "pi_1".into(), refunded: 500, total: 1000 }, 2).credits,
+        ok(&mut a, Op::Refund { payment: "pi_1".into(), refunded: 500, total: 1000 }, at(2)).credits,
         4,
         "12 in all"
     );
     assert_eq!(a.balance, 13);
     let before = a.clone();
     assert_eq!(
-        a.apply(&Op::Refund { payment: "pi_x".into(), refunded: 1, total: 1 }, 3, "t"),
+        a.apply(&Op::Refund { payment: "pi_x".into(), refunded: 1, total: 1 }, at(3), "t"),
         Err(RuleError::UnknownPayment("pi_x".into()))
     );
     assert_eq!(
-        a.apply(&Op::Refund { payment: "pi_1".into(), refunded: 2000, total: 1000 }, 3, "t"),
+        a.apply(&Op::Refund { payment: "pi_1".into(), refunded: 2000, total: 1000 }, at(3), "t"),
         Err(RuleError::InvalidRefund { refunded: 2000, total: 1000 })
     );
     assert_eq!(a, before);
@@ -274,43 +278,46 @@ fn partial_refunds_round_down_and_accumulate() {
 #[test]
 fn adjustments_grant_and_remove_never_below_zero() {
     let mut a = Account::new("acc");
-    assert_eq!(ok(&mut a, Op::Adjust { key: "k1".into(), credits: 10 }, 0).credits, 10);
-    assert_eq!(ok(&mut a, Op::Adjust { key: "k1".into(), credits: 10 }, 0).credits, 0, "same key once");
-    assert_eq!(ok(&mut a, Op::Adjust { key: "k2".into(), credits: -4 }, 1).credits, -4);
-    assert_eq!(ok(&mut a, Op::Adjust { key: "k3".into(), credits: -100 }, 2).credits, -6);
+    assert_eq!(ok(&mut a, Op::Adjust { key: "k1".into(), credits: 10 }, at(0)).credits, 10);
+    assert_eq!(ok(&mut a, Op::Adjust { key: "k1".into(), credits: 10 }, at(0)).credits, 0, "same key once");
+    assert_eq!(ok(&mut a, Op::Adjust { key: "k2".into(), credits: -4 }, at(1)).credits, -4);
+    assert_eq!(ok(&mut a, Op::Adjust { key: "k3".into(), credits: -100 }, at(2)).credits, -6);
     assert_eq!(a.balance, 0);
 }
 
 #[test]
 fn holds_reserve_capture_less_release_and_expire() {
     let mut a = Account::new("acc");
-    ok(&mut a, Op::Grant { lot_id: "p".into(), source: Source::Package, credits: 10 }, 0);
+    ok(&mut a, Op::Grant { lot_id: "p".into(), source: Source::Package, credits: 10 }, at(0));
     let hold =
-        |id: &str, n| Op::HoldCreate { id: id.into(), credits: n, deadline: 100, user_id: None, operation: None };
-    ok(&mut a, hold("h1", 6), 1);
-    assert_eq!((a.balance, a.held()), (4, 6));
+        |id: &str, n| Op::HoldCreate { id: id.into(), credits: n, deadline: at(100), user_id: None, operation: None };
+    ok(&mut a, hold("h1", 6), at(1));
+    assert_eq!((a.balance, a.held()), (cr(4), cr(6)));
     assert!(
-        matches!(a.apply(&debit(5, "d"), 2, "t"), Err(RuleError::Insufficient { .. })),
+        matches!(a.apply(&debit(5, "d"), at(2), "t"), Err(RuleError::Insufficient { .. })),
         "held credits are not spendable"
     );
-    assert_eq!(ok(&mut a, Op::HoldCapture { id: "h1".into(), credits: 4 }, 3).credits, 4);
-    assert_eq!((a.balance, a.held()), (6, 0), "capture of less gives the rest back");
+    assert_eq!(ok(&mut a, Op::HoldCapture { id: "h1".into(), credits: 4 }, at(3)).credits, 4);
+    assert_eq!((a.balance, a.held()), (cr(6), cr(0)), "capture of less gives the rest back");
     assert!(matches!(
-        a.apply(&Op::HoldCapture { id: "h1".into(), credits: 1 }, 4, "t"),
+        a.apply(&Op::HoldCapture { id: "h1".into(), credits: 1 }, at(4), "t"),
         Err(RuleError::HoldNotActive { .. })
     ));
-    ok(&mut a, hold("h2", 3), 5);
+    ok(&mut a, hold("h2", 3), at(5));
     assert_eq!(
-        a.apply(&Op::HoldCapture { id: "h2".into(), credits: 4 }, 6, "t"),
-        Err(RuleError::CaptureTooLarge { requested: 4, held: 3 })
+        a.apply(&Op::HoldCapture { id: "h2".into(), credits: 4 }, at(6), "t"),
+        Err(RuleError::CaptureTooLarge { requested: cr(4), held: cr(3) })
     );
-    ok(&mut a, Op::HoldRelease { id: "h2".into() }, 7);
+    ok(&mut a, Op::HoldRelease { id: "h2".into() }, at(7));
     assert_eq!(a.balance, 6);
-    ok(&mut a, hold("h3", 6), 8);
+    ok(&mut a, hold("h3", 6), at(8));
     assert_eq!(a.balance, 0);
-    ok(&mut a, Op::Tick, 100);
-    assert_eq!((a.balance, a.holds[2].status), (6, HoldStatus::Expired), "released at its deadline");
-    assert_eq!(a.apply(&Op::HoldRelease { id: "nope".into() }, 101, "t"), Err(RuleError::UnknownHold("nope".into())));
+    ok(&mut a, Op::Tick, at(100));
+    assert_eq!((a.balance, a.holds[2].status), (cr(6), HoldStatus::Expired), "released at its deadline");
+    assert_eq!(
+        a.apply(&Op::HoldRelease { id: "nope".into() }, at(101), "t"),
+        Err(RuleError::UnknownHold("nope".into()))
+    );
 }
 
 #[test]
@@ -390,7 +397,7 @@ fn plan_changes_and_payments_in_any_order_end_the_same() {
     let anchor = t("2026-01-01T00:00:00Z");
     let feb15 = t("2026-02-15T00:00:00Z");
     let now = t("2026-02-20T00:00:00Z");
-    let snap = |terms: PlanTerms, at: Ts, version: i64| {
+    let snap = |terms: PlanTerms, at: UnixTime, version: i64| {
         Op::Snapshot(Snapshot { id: "sub".into(), start: anchor, anchor, terms, version, at, ..Snapshot::default() })
     };
     let events = [
@@ -411,7 +418,7 @@ fn plan_changes_and_payments_in_any_order_end_the_same() {
         (a.balance, a.plan())
     };
     let expected = run(&[1, 2, 3, 4]);
-    assert_eq!(expected, (20 + 20 + 30, "pro".to_string()), "Jan basic, Feb basic, the upgrade difference");
+    assert_eq!(expected, (cr(20 + 20 + 30), "pro".to_string()), "Jan basic, Feb basic, the upgrade difference");
     let orders = [[4, 3, 2, 1], [3, 1, 4, 2], [2, 4, 1, 3], [1, 3, 2, 4], [4, 1, 3, 2], [3, 4, 2, 1], [2, 1, 4, 3]];
     for o in orders {
         assert_eq!(run(&o), expected, "order {o:?}");
@@ -421,23 +428,31 @@ fn plan_changes_and_payments_in_any_order_end_the_same() {
 #[test]
 fn a_refund_while_credits_are_held_does_not_hand_them_back() {
     let mut a = Account::new("acc");
-    ok(&mut a, Op::Grant { lot_id: "pi_1".into(), source: Source::Package, credits: 100 }, 0);
-    ok(&mut a, Op::HoldCreate { id: "h".into(), credits: 60, deadline: 100, user_id: None, operation: None }, 1);
-    ok(&mut a, Op::Refund { payment: "pi_1".into(), refunded: 10, total: 10 }, 2);
+    ok(&mut a, Op::Grant { lot_id: "pi_1".into(), source: Source::Package, credits: 100 }, at(0));
+    ok(
+        &mut a,
+        Op::HoldCreate { id: "h".into(), credits: 60, deadline: at(100), user_id: None, operation: None },
+        at(1),
+    );
+    ok(&mut a, Op::Refund { payment: "pi_1".into(), refunded: 10, total: 10 }, at(2));
     assert_eq!(a.balance, 0);
-    ok(&mut a, Op::HoldRelease { id: "h".into() }, 3);
+    ok(&mut a, Op::HoldRelease { id: "h".into() }, at(3));
     assert_eq!(a.balance, 0, "the refunded credits that were held stay refunded");
     check_invariants(&a);
     // Half refunded while 60 of 100 were held: 50 stay the customer's.
     let mut b = Account::new("b");
-    ok(&mut b, Op::Grant { lot_id: "pi_2".into(), source: Source::Package, credits: 100 }, 0);
-    ok(&mut b, Op::HoldCreate { id: "h".into(), credits: 60, deadline: 100, user_id: None, operation: None }, 1);
-    ok(&mut b, Op::Refund { payment: "pi_2".into(), refunded: 5, total: 10 }, 2);
-    assert_eq!(
-        b.apply(&Op::HoldCapture { id: "h".into(), credits: 60 }, 3, "t"),
-        Err(RuleError::Insufficient { balance: 50, needed: 60 })
+    ok(&mut b, Op::Grant { lot_id: "pi_2".into(), source: Source::Package, credits: 100 }, at(0));
+    ok(
+        &mut b,
+        Op::HoldCreate { id: "h".into(), credits: 60, deadline: at(100), user_id: None, operation: None },
+        at(1),
     );
-    ok(&mut b, Op::HoldCapture { id: "h".into(), credits: 20 }, 4);
+    ok(&mut b, Op::Refund { payment: "pi_2".into(), refunded: 5, total: 10 }, at(2));
+    assert_eq!(
+        b.apply(&Op::HoldCapture { id: "h".into(), credits: 60 }, at(3), "t"),
+        Err(RuleError::Insufficient { balance: cr(50), needed: cr(60) })
+    );
+    ok(&mut b, Op::HoldCapture { id: "h".into(), credits: 20 }, at(4));
     assert_eq!(b.balance, 30);
     check_invariants(&b);
 }
@@ -456,7 +471,7 @@ fn a_check_sees_the_account_after_its_due_work_and_a_refusal_keeps_only_that() {
     };
     let e = a.apply_checked(&debit(1, "k"), now, "test", &refuse).unwrap_err();
     assert_eq!(e.to_string(), "the basic plan does not include chat.message");
-    assert_eq!(*seen.lock().unwrap(), Some(40), "the check ran after the second month's allocation");
+    assert_eq!(*seen.lock().unwrap(), Some(cr(40)), "the check ran after the second month's allocation");
     assert_eq!(a, due_only, "refused: the due work stands, the debit does not");
     let done = a.apply_checked(&debit(1, "k"), now, "test", &|_| Ok(())).unwrap();
     assert_eq!(done.balance, 39);

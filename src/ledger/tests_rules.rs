@@ -3,15 +3,17 @@
 
 use super::tests::{basic, check_invariants, t};
 use super::*;
+#[allow(unused_imports)]
+use crate::domain::test_values::{at, cr};
 use crate::time::add_months;
 
-fn ok(a: &mut Account, op: Op, now: Ts) -> Applied {
+fn ok(a: &mut Account, op: Op, now: UnixTime) -> Applied {
     a.apply(&op, now, "test").unwrap_or_else(|e| panic!("{op:?}: {e}"))
 }
 
 /// Basic, paid for three cycles and never used: 60 credits in the third cycle; its close at `close` keeps the
 /// cap (40) and grants nothing (the fourth cycle is not paid).
-fn sixty_before_a_close() -> (Account, Ts) {
+fn sixty_before_a_close() -> (Account, UnixTime) {
     let anchor = t("2026-01-10T00:00:00Z");
     let mut a = Account::new("acc");
     ok(&mut a, Op::Subscribe { id: "sub".into(), anchor, terms: basic() }, anchor);
@@ -22,7 +24,7 @@ fn sixty_before_a_close() -> (Account, Ts) {
     (a, close)
 }
 
-fn hold(id: &str, credits: i64, now: Ts) -> Op {
+fn hold(id: &str, credits: i64, now: UnixTime) -> Op {
     Op::HoldCreate { id: id.into(), credits, deadline: now + 3_600, user_id: None, operation: None }
 }
 
@@ -46,7 +48,7 @@ fn the_excess_expires_from_unheld_credits_first() {
     ok(&mut a, hold("h", 20, close - 5), close - 5);
     ok(&mut a, Op::Tick, close + 1);
     // 40 unheld + 20 held is 20 over the cap: the unheld credits pay it, the held ones survive.
-    assert_eq!((a.balance, a.held()), (20, 20));
+    assert_eq!((a.balance, a.held()), (cr(20), cr(20)));
     ok(&mut a, Op::HoldRelease { id: "h".into() }, close + 5);
     assert_eq!(a.balance, 40);
 }
@@ -56,9 +58,9 @@ fn when_held_credits_must_go_a_release_gives_back_only_the_survivors() {
     let (mut a, close) = sixty_before_a_close();
     ok(&mut a, hold("h", 50, close - 5), close - 5);
     ok(&mut a, Op::Tick, close + 1);
-    assert_eq!((a.balance, a.held()), (0, 50), "the 10 unheld expired; 10 of the held are cut");
+    assert_eq!((a.balance, a.held()), (cr(0), cr(50)), "the 10 unheld expired; 10 of the held are cut");
     let r = ok(&mut a, Op::HoldRelease { id: "h".into() }, close + 5);
-    assert_eq!((r.credits, a.balance), (40, 40), "40 of the 50 come back");
+    assert_eq!((r.credits, a.balance), (40, cr(40)), "40 of the 50 come back");
     check_invariants(&a);
     let expired: i64 = a.entries.iter().filter(|e| e.kind == EntryKind::Expire).map(|e| -e.amount).sum();
     assert_eq!(expired, 20, "10 at the close, 10 held ones at the release");
@@ -113,7 +115,7 @@ fn a_hold_across_two_closes_is_counted_at_each() {
 #[test]
 fn the_plan_follows_the_subscription_status() {
     let anchor = t("2026-01-10T00:00:00Z");
-    let terms = PlanTerms { plan: "business".into(), monthly: 150, cap: 300 };
+    let terms = PlanTerms { plan: "business".into(), monthly: cr(150), cap: cr(300) };
     for (status, plan) in [
         ("active", "business"),
         ("trialing", "business"),

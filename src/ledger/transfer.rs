@@ -2,7 +2,7 @@
 //! the customer id) held goes to the account the customer turned out to belong to (SPEC §5), so every order in
 //! which Stripe's events arrive ends with the same balances.
 
-use super::{Account, EntryBuilder, EntryKind, Hold, HoldStatus, Lot, Subscription, Ts};
+use super::{Account, EntryBuilder, EntryKind, Hold, HoldStatus, Lot, Subscription, UnixTime, Why};
 
 /// What an account handed over.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -15,14 +15,19 @@ pub struct Handover {
 impl Account {
     /// Hand over every lot, subscription and active hold whose id `keep` does not name (the receiving account
     /// has one of that id already). A `transfer` entry takes out what each lot has left.
-    pub fn hand_over(&mut self, keep: impl Fn(&str) -> bool, now: Ts, cause: &str) -> Handover {
+    pub fn hand_over(&mut self, keep: impl Fn(&str) -> bool, now: UnixTime, cause: &str) -> Handover {
         let mut out = Handover::default();
         let (lots, stay): (Vec<Lot>, Vec<Lot>) = std::mem::take(&mut self.lots).into_iter().partition(|l| !keep(&l.id));
         self.lots = stay;
         for l in &lots {
-            if l.remaining > 0 {
+            if !l.remaining.is_zero() {
                 self.balance -= l.remaining;
-                self.push_entry(EntryBuilder::new(now, EntryKind::Transfer, -l.remaining, Some(&l.id), cause));
+                self.push_entry(EntryBuilder::new(
+                    Why::new(now, cause),
+                    EntryKind::Transfer,
+                    -l.remaining.get(),
+                    Some(&l.id),
+                ));
             }
         }
         out.lots = lots;
@@ -38,19 +43,13 @@ impl Account {
     }
 
     /// Take over what another account handed over; a `transfer` entry brings in what each lot has left.
-    pub fn take_over(&mut self, h: Handover, now: Ts, cause: &str) {
+    pub fn take_over(&mut self, h: Handover, now: UnixTime, cause: &str) {
         for l in h.lots {
-            if l.remaining > 0 {
+            if !l.remaining.is_zero() {
                 self.balance += l.remaining;
-                let id = l.id.clone();
+                let (id, n) = (l.id.clone(), l.remaining);
                 self.lots.push(l);
-                self.push_entry(EntryBuilder::new(
-                    now,
-                    EntryKind::Transfer,
-                    self.lots.last().map(|l| l.remaining).unwrap_or(0),
-                    Some(&id),
-                    cause,
-                ));
+                self.push_entry(EntryBuilder::new(Why::new(now, cause), EntryKind::Transfer, n.get(), Some(&id)));
             } else {
                 self.lots.push(l);
             }
@@ -64,6 +63,8 @@ impl Account {
 mod tests {
     use super::super::tests::{basic, check_invariants, t};
     use super::super::*;
+    #[allow(unused_imports)]
+    use crate::domain::test_values::{at, cr};
 
     #[test]
     fn everything_moves_with_entries_on_both_sides() {
@@ -81,7 +82,7 @@ mod tests {
         let total = from.balance + to.balance;
         let h = from.hand_over(|id| to.lots.iter().any(|l| l.id == id), now, "event:link");
         to.take_over(h, now, "event:link");
-        assert_eq!((from.balance, from.lots.len(), from.subscriptions.len()), (0, 0, 0), "the fallback ends empty");
+        assert_eq!((from.balance, from.lots.len(), from.subscriptions.len()), (cr(0), 0, 0), "the fallback ends empty");
         assert_eq!(to.balance, total);
         assert_eq!(to.subscriptions.len(), 1);
         let out: i64 = from.entries.iter().map(|e| e.amount).sum();

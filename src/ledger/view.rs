@@ -1,6 +1,6 @@
 //! What an account looks like to a reader: its plan, current cycle and what will expire at the cycle's end.
 
-use super::{Account, Source, Subscription, Ts};
+use super::{Account, Credits, Source, Subscription, UnixTime};
 
 impl Subscription {
     /// Whether its status gives the plan's entitlements (an unknown status, as before Stripe told one, does).
@@ -28,23 +28,24 @@ impl Account {
     }
 
     /// The current credit cycle `[start, end)`, if a subscription runs.
-    pub fn cycle(&self) -> Option<(Ts, Ts)> {
+    pub fn cycle(&self) -> Option<(UnixTime, UnixTime)> {
         self.current_subscription().map(|s| s.cycle())
     }
 
     /// Credits that will expire when the current cycle ends if nothing is spent: lots with an expiry by then,
     /// plus subscription credits above the rollover cap.
-    pub fn expiring_at_cycle_end(&self) -> i64 {
+    pub fn expiring_at_cycle_end(&self) -> Credits {
         let Some((_, end)) = self.cycle() else {
             return self.lots.iter().filter(|l| l.expires_at.is_some()).map(|l| l.remaining).sum();
         };
-        let dated: i64 = self.lots.iter().filter(|l| l.expires_at.is_some_and(|e| e <= end)).map(|l| l.remaining).sum();
-        let over_cap: i64 = self
+        let dated: Credits =
+            self.lots.iter().filter(|l| l.expires_at.is_some_and(|e| e <= end)).map(|l| l.remaining).sum();
+        let over_cap: Credits = self
             .subscriptions
             .iter()
             .filter(|s| !s.finished && s.ends_at.is_none_or(|e| e > end))
             .map(|s| {
-                let credits: i64 = self
+                let credits: Credits = self
                     .lots
                     .iter()
                     .filter(|l| l.source == Source::Subscription && l.subscription_id.as_deref() == Some(&s.id))
@@ -52,7 +53,7 @@ impl Account {
                     .map(|l| l.remaining)
                     .sum();
                 let cap = s.next_terms.as_ref().unwrap_or(&s.terms).cap;
-                (credits - cap).max(0)
+                credits.saturating_sub(cap)
             })
             .sum();
         dated + over_cap

@@ -4,7 +4,7 @@
 use super::Step;
 use super::writer::{BoxFuture, Plan};
 use super::{Batch, Guard, OnMissing, Outcome, Request, Store, StoreError};
-use crate::ledger::{Op, Ts};
+use crate::ledger::{Op, UnixTime};
 use std::future::Future;
 
 /// The plan of a job that applies `req`: its account and idempotency key, looked up with the batch.
@@ -74,7 +74,7 @@ impl Store {
 
     /// Apply due work for every account whose next due time has passed; returns how many were done. An account
     /// that fails is logged and skipped, so one bad account does not hold up the others.
-    pub async fn tick(&self, now: Ts) -> Result<usize, StoreError> {
+    pub async fn tick(&self, now: UnixTime) -> Result<usize, StoreError> {
         let mut done = 0;
         let mut skipped: Vec<String> = Vec::new();
         loop {

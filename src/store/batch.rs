@@ -13,7 +13,7 @@ use super::pending::{self, Effect, NewOutbox, Pending};
 use super::request::{Guard, OnMissing, Outcome, Request};
 use super::{Backend, StoreError, Tx};
 use crate::ledger::{Account, Op, Subscription};
-use crate::time::Ts;
+use crate::time::UnixTime;
 use sqlx::Any;
 use sqlx::pool::PoolConnection;
 use std::collections::{HashMap, HashSet};
@@ -64,7 +64,7 @@ fn random_event_id() -> String {
 }
 
 /// What of a subscription makes `subscription.changed`.
-type Mark = (String, crate::ledger::PlanTerms, String, Option<Ts>, bool);
+type Mark = (String, crate::ledger::PlanTerms, String, Option<UnixTime>, bool);
 
 fn sub_marks(subs: &[Subscription]) -> Vec<Mark> {
     subs.iter().map(|s| (s.id.clone(), s.terms.clone(), s.status.clone(), s.ends_at, s.finished)).collect()
@@ -264,7 +264,7 @@ impl Batch {
 
     /// Make sure `account` is loaded (locking it), creating it when `on_missing` says so. A new account is
     /// written with the batch; if another writer created it meanwhile, the batch fails and is run again.
-    pub async fn load(&mut self, account: &str, on_missing: OnMissing, now: Ts) -> Result<(), StoreError> {
+    pub async fn load(&mut self, account: &str, on_missing: OnMissing, now: UnixTime) -> Result<(), StoreError> {
         if self.slots.contains_key(account) {
             return Ok(());
         }
@@ -368,9 +368,9 @@ impl Batch {
                 Op::Grant { lot_id, .. } | Op::Refund { payment: lot_id, .. } => {
                     let slot = self.slots.get_mut(account).expect("loaded");
                     if !slot.is_new
-                        && !self.unbought.contains(lot_id)
+                        && !self.unbought.contains(lot_id.as_str())
                         && !slot.account.lots.iter().any(|l| &l.id == lot_id)
-                        && slot.probed.insert(lot_id.clone())
+                        && slot.probed.insert(lot_id.to_string())
                         && let Some(lot) = load::lot(&mut self.conn, account, lot_id).await?
                     {
                         self.touch(account);
@@ -429,7 +429,7 @@ impl Batch {
     }
 }
 
-pub(crate) fn outbox_row(kind: &str, account: Option<&str>, data: serde_json::Value, now: Ts) -> NewOutbox {
+pub(crate) fn outbox_row(kind: &str, account: Option<&str>, data: serde_json::Value, now: UnixTime) -> NewOutbox {
     let event_id = random_event_id();
     let mut payload =
         serde_json::json!({"id": event_id, "type": kind, "account": account, "at": crate::time::format_rfc3339(now)});

@@ -7,7 +7,8 @@ use super::batch::{Batch, outbox_row};
 use super::inbox::{self as rows, InboxRow, InboxStatus};
 use super::pending::{Invoice, NewInbox};
 use super::request::OnMissing;
-use crate::time::Ts;
+use crate::ledger::LotId;
+use crate::time::UnixTime;
 use sqlx::Row;
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
@@ -26,7 +27,7 @@ pub enum Seen {
 
 impl Batch {
     /// Write an outgoing event with the batch (for events not caused by a change to an account).
-    pub fn emit(&mut self, kind: &str, account: Option<&str>, data: serde_json::Value, now: Ts) {
+    pub fn emit(&mut self, kind: &str, account: Option<&str>, data: serde_json::Value, now: UnixTime) {
         self.pending.outbox.push(outbox_row(kind, account, data, now));
     }
 
@@ -79,7 +80,7 @@ impl Batch {
         customer: &str,
         account: &str,
         on_missing: OnMissing,
-        now: Ts,
+        now: UnixTime,
         cause: &str,
     ) -> Result<(), StoreError> {
         match self.customer_account(customer).await? {
@@ -97,7 +98,7 @@ impl Batch {
         from: &str,
         to: &str,
         on_missing: OnMissing,
-        now: Ts,
+        now: UnixTime,
         cause: &str,
     ) -> Result<(), StoreError> {
         self.load(to, on_missing, now).await?;
@@ -113,9 +114,9 @@ impl Batch {
             let taken: HashSet<String> = target
                 .lots
                 .iter()
-                .map(|l| l.id.clone())
+                .map(|l| l.id.to_string())
                 .chain(target.subscriptions.iter().map(|s| s.id.clone()))
-                .chain(target.holds.iter().map(|h| h.id.clone()))
+                .chain(target.holds.iter().map(|h| h.id.to_string()))
                 .collect();
             let source = self.slots.get_mut(from).expect("loaded");
             let handed = source.account.hand_over(|id| taken.contains(id), now, cause);
@@ -129,7 +130,7 @@ impl Batch {
     }
 
     /// Record that `payment` paid `invoice` (the first link wins).
-    pub async fn link_payment(&mut self, payment: &str, invoice: &str, now: Ts) -> Result<(), StoreError> {
+    pub async fn link_payment(&mut self, payment: &str, invoice: &str, now: UnixTime) -> Result<(), StoreError> {
         if self.invoice_of(payment).await?.is_none() {
             self.pending.invoice_payments.push((payment.to_owned(), invoice.to_owned(), now));
         }
@@ -159,7 +160,10 @@ impl Batch {
             "SELECT id, subscription_id, account_id, period_start, period_end, seen_at FROM stripe_invoices WHERE id = $1",
         );
         let Some(r) = q.bind(id).fetch_optional(self.tx()).await? else { return Ok(None) };
-        let period = match (r.try_get::<Option<i64>, _>("period_start")?, r.try_get::<Option<i64>, _>("period_end")?) {
+        let period = match (
+            r.try_get::<Option<UnixTime>, _>("period_start")?,
+            r.try_get::<Option<UnixTime>, _>("period_end")?,
+        ) {
             (Some(s), Some(e)) => Some((s, e)),
             _ => None,
         };
@@ -178,10 +182,10 @@ impl Batch {
         &mut self,
         account: &str,
         sub: &str,
-        start: Ts,
-        end: Ts,
-    ) -> Result<Vec<String>, StoreError> {
-        let mut ids: Vec<String> = Vec::new();
+        start: UnixTime,
+        end: UnixTime,
+    ) -> Result<Vec<LotId>, StoreError> {
+        let mut ids: Vec<LotId> = Vec::new();
         if let Some(s) = self.slots.get(account) {
             for l in &s.account.lots {
                 if l.subscription_id.as_deref() == Some(sub) && l.cycle_start.is_some_and(|c| c >= start && c < end) {
@@ -189,7 +193,7 @@ impl Batch {
                 }
             }
         }
-        let q = sqlx::query_scalar::<_, String>(
+        let q = sqlx::query_scalar::<_, LotId>(
             "SELECT id FROM lots WHERE account_id = $1 AND subscription_id = $2 AND cycle_start >= $3 AND cycle_start < $4 \
              ORDER BY cycle_start, id",
         );
@@ -202,7 +206,7 @@ impl Batch {
     }
 
     /// Remember a Stripe price object (the last one seen wins).
-    pub fn record_price(&mut self, id: &str, object: &str, now: Ts) {
+    pub fn record_price(&mut self, id: &str, object: &str, now: UnixTime) {
         self.pending.prices.push((id.to_owned(), object.to_owned(), now));
     }
 

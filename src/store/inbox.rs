@@ -4,7 +4,7 @@
 
 use super::Tx;
 use super::{Backend, Store, StoreError};
-use crate::time::Ts;
+use crate::time::UnixTime;
 use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -64,11 +64,11 @@ pub struct InboxRow {
     pub waiting_for: Option<String>,
     pub account_id: Option<String>,
     pub attempts: i64,
-    pub event_created: Ts,
-    pub first_seen: Ts,
-    pub last_seen: Ts,
+    pub event_created: UnixTime,
+    pub first_seen: UnixTime,
+    pub last_seen: UnixTime,
     /// When a waiting row is tried again.
-    pub next_attempt_at: Option<Ts>,
+    pub next_attempt_at: Option<UnixTime>,
 }
 
 const COLUMNS: &str = "id, source, event_id, type, payload, status, detail, waiting_for, account_id, attempts, \
@@ -102,7 +102,7 @@ fn sql(text: String) -> sqlx::AssertSqlSafe<String> {
 pub struct InboxFilter {
     pub status: Option<InboxStatus>,
     pub source: Option<String>,
-    pub since: Option<Ts>,
+    pub since: Option<UnixTime>,
     pub after_id: i64,
     pub limit: i64,
 }
@@ -114,10 +114,10 @@ pub struct Record<'a> {
     pub detail: Option<&'a str>,
     pub waiting_for: Option<&'a str>,
     pub account: Option<&'a str>,
-    pub next_attempt_at: Option<Ts>,
+    pub next_attempt_at: Option<UnixTime>,
     /// Count this decision as another attempt (a re-decision).
     pub again: bool,
-    pub now: Ts,
+    pub now: UnixTime,
 }
 
 impl Store {
@@ -147,7 +147,7 @@ impl Store {
         let rows = sqlx::query(q)
             .bind(f.status.map(InboxStatus::as_str).unwrap_or(""))
             .bind(f.source.as_deref().unwrap_or(""))
-            .bind(f.since.unwrap_or(i64::MIN))
+            .bind(f.since.unwrap_or(UnixTime::MIN))
             .bind(f.after_id)
             .bind(if f.limit > 0 { f.limit } else { i64::MAX })
             .fetch_all(&self.pool)
@@ -170,7 +170,7 @@ impl Store {
     }
 
     /// Up to `limit` waiting rows due to be tried again by `now`, oldest due first.
-    pub async fn inbox_due(&self, now: Ts, limit: i64) -> Result<Vec<(i64, String)>, StoreError> {
+    pub async fn inbox_due(&self, now: UnixTime, limit: i64) -> Result<Vec<(i64, String)>, StoreError> {
         let q = sqlx::query(
             "SELECT id, source FROM inbox WHERE status = 'waiting' AND next_attempt_at <= $1 \
              ORDER BY next_attempt_at, id LIMIT $2",
@@ -267,7 +267,7 @@ pub async fn record(tx: &mut Tx, id: i64, from: InboxStatus, r: &Record<'_>) -> 
 }
 
 /// Note another delivery of a stored event.
-pub async fn seen(tx: &mut Tx, id: i64, now: Ts) -> Result<(), StoreError> {
+pub async fn seen(tx: &mut Tx, id: i64, now: UnixTime) -> Result<(), StoreError> {
     sqlx::query("UPDATE inbox SET last_seen = $2 WHERE id = $1").bind(id).bind(now).execute(&mut *tx).await?;
     Ok(())
 }

@@ -6,7 +6,7 @@
 //! line) takes effect within that time everywhere, and at once on the instance that revoked it.
 
 use super::{Store, StoreError};
-use crate::time::Ts;
+use crate::time::UnixTime;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -77,8 +77,8 @@ pub struct KeyInfo {
     pub id: String,
     pub name: String,
     pub scope: Scope,
-    pub created_at: Ts,
-    pub revoked_at: Option<Ts>,
+    pub created_at: UnixTime,
+    pub revoked_at: Option<UnixTime>,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -93,7 +93,7 @@ fn hash(secret: &str) -> String {
 
 impl Store {
     /// Make a key; returns the key itself (shown once) and its id.
-    pub async fn create_key(&self, name: &str, scope: Scope, now: Ts) -> Result<(String, String), StoreError> {
+    pub async fn create_key(&self, name: &str, scope: Scope, now: UnixTime) -> Result<(String, String), StoreError> {
         let id = random_hex(8);
         let secret = random_hex(24);
         sqlx::query("INSERT INTO api_keys (id, name, scope, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
@@ -126,7 +126,7 @@ impl Store {
     }
 
     /// Revoke a key by id; false when there is no such key.
-    pub async fn revoke_key(&self, id: &str, now: Ts) -> Result<bool, StoreError> {
+    pub async fn revoke_key(&self, id: &str, now: UnixTime) -> Result<bool, StoreError> {
         let r = sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
             .bind(id)
             .bind(now)
@@ -152,7 +152,7 @@ impl Store {
                     Some(r) => Some(KeyRow {
                         scope: r.try_get("scope")?,
                         secret_hash: r.try_get("secret_hash")?,
-                        revoked: r.try_get::<Option<Ts>, _>("revoked_at")?.is_some(),
+                        revoked: r.try_get::<Option<UnixTime>, _>("revoked_at")?.is_some(),
                     }),
                     None => None,
                 };

@@ -5,8 +5,8 @@
 use super::Tx;
 use super::pending::Effect;
 use super::{Backend, StoreError, pg};
-use crate::ledger::{Account, Entry, Hold, HoldStatus, Lot, Source, Subscription};
-use crate::time::Ts;
+use crate::ledger::{Account, Entry, Hold, HoldId, HoldStatus, Lot, LotId, Source, Subscription};
+use crate::time::UnixTime;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use std::collections::{HashMap, HashSet};
@@ -16,9 +16,9 @@ use std::collections::{HashMap, HashSet};
 pub(crate) struct Slot {
     pub account: Account,
     pub base: Base,
-    pub entries: Vec<(Entry, Ts)>,
-    pub created_at: Ts,
-    pub updated_at: Ts,
+    pub entries: Vec<(Entry, UnixTime)>,
+    pub created_at: UnixTime,
+    pub updated_at: UnixTime,
     /// The account row's version as loaded: every write of the account's rows bumps it.
     pub version: i64,
     pub dirty: bool,
@@ -31,16 +31,16 @@ pub(crate) struct Slot {
 /// The rows of an account as they are in the database.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Base {
-    pub next_due: Option<Ts>,
-    pub lots: HashMap<String, Lot>,
+    pub next_due: Option<UnixTime>,
+    pub lots: HashMap<LotId, Lot>,
     pub subs: HashMap<String, Subscription>,
-    pub holds: HashMap<String, Hold>,
+    pub holds: HashMap<HoldId, Hold>,
     pub members: Vec<String>,
 }
 
 impl Slot {
     /// An account created now (written with the batch).
-    pub fn new_account(account: Account, now: Ts) -> Slot {
+    pub fn new_account(account: Account, now: UnixTime) -> Slot {
         Slot {
             account,
             base: Base::default(),
@@ -55,7 +55,7 @@ impl Slot {
     }
 
     /// Take the entries the rules just produced, to be written with the batch.
-    pub fn note_change(&mut self, now: Ts) {
+    pub fn note_change(&mut self, now: UnixTime) {
         self.entries.extend(self.account.entries.drain(..).map(|e| (e, now)));
         self.updated_at = now;
         self.dirty = true;
@@ -75,13 +75,13 @@ impl Slot {
     pub fn rebase(&mut self) {
         let a = &mut self.account;
         // Lots emptied and holds settled stay in the database; memory keeps what the next change may touch.
-        let active: HashSet<String> = a
+        let active: HashSet<LotId> = a
             .holds
             .iter()
             .filter(|h| h.status == HoldStatus::Active)
             .flat_map(|h| h.taken.iter().map(|(l, _)| l.clone()))
             .collect();
-        a.lots.retain(|l| l.remaining > 0 || active.contains(&l.id));
+        a.lots.retain(|l| !l.remaining.is_zero() || active.contains(&l.id));
         a.holds.retain(|h| h.status == HoldStatus::Active);
         self.base = Base {
             next_due: a.next_due(),
@@ -321,7 +321,7 @@ pub(crate) async fn load_accounts(
         }
     }
     // Lots an active hold took from but that have nothing left: the release gives credits back there.
-    let mut wanted: Vec<(String, String)> = Vec::new();
+    let mut wanted: Vec<(String, LotId)> = Vec::new();
     for id in &missing {
         let slot = &slots[id];
         for h in slot.account.holds.iter().filter(|h| h.status == HoldStatus::Active) {

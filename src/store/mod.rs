@@ -8,6 +8,7 @@
 
 mod account;
 mod batch;
+mod codec;
 mod facts;
 mod flush;
 pub mod inbox;

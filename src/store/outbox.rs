@@ -10,7 +10,7 @@
 use super::Step;
 use super::writer::{BoxFuture, Plan};
 use super::{Backend, Batch, Store, StoreError};
-use crate::time::Ts;
+use crate::time::UnixTime;
 use sqlx::Any;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -25,8 +25,8 @@ pub struct OutboxRow {
     pub account_id: Option<String>,
     pub kind: String,
     pub payload: String,
-    pub created_at: Ts,
-    pub published_at: Option<Ts>,
+    pub created_at: UnixTime,
+    pub published_at: Option<UnixTime>,
 }
 
 /// Held while this process is the one publisher (PostgreSQL: a session advisory lock on this connection).
@@ -127,7 +127,7 @@ impl Store {
     }
 
     /// Mark rows published (through the writer, so on SQLite it does not contend with it).
-    pub async fn outbox_mark_published(&self, ids: &[i64], now: Ts) -> Result<(), StoreError> {
+    pub async fn outbox_mark_published(&self, ids: &[i64], now: UnixTime) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -153,10 +153,11 @@ impl Store {
     }
 
     /// Seconds since the oldest unpublished event was written (0 when none).
-    pub async fn outbox_lag(&self, now: Ts) -> Result<i64, StoreError> {
-        let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(created_at) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(&self.pool)
-            .await?;
+    pub async fn outbox_lag(&self, now: UnixTime) -> Result<i64, StoreError> {
+        let oldest: Option<UnixTime> =
+            sqlx::query_scalar("SELECT MIN(created_at) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
         Ok(oldest.map(|t| (now - t).max(0)).unwrap_or(0))
     }
 

@@ -3,7 +3,7 @@
 //! failed) is truncating a few lists, and the whole batch is written with a few statements.
 
 use super::inbox::InboxStatus;
-use crate::time::Ts;
+use crate::time::UnixTime;
 use std::sync::{Arc, OnceLock};
 
 /// The stored answer of an idempotency key.
@@ -20,7 +20,7 @@ pub(crate) struct NewOutbox {
     pub account: Option<String>,
     pub kind: String,
     pub payload: String,
-    pub created_at: Ts,
+    pub created_at: UnixTime,
 }
 
 /// An inbox row to insert, with its outcome already decided.
@@ -34,9 +34,9 @@ pub struct NewInbox {
     pub detail: Option<String>,
     pub waiting_for: Option<String>,
     pub account: Option<String>,
-    pub created: Ts,
-    pub now: Ts,
-    pub next_attempt_at: Option<Ts>,
+    pub created: UnixTime,
+    pub now: UnixTime,
+    pub next_attempt_at: Option<UnixTime>,
     /// Gets the row's id once it is written.
     pub id: Arc<OnceLock<i64>>,
 }
@@ -46,17 +46,17 @@ pub struct NewInbox {
 pub struct Pending {
     pub outbox: Vec<NewOutbox>,
     /// (account, key, answer, time).
-    pub effects: Vec<(String, String, Effect, Ts)>,
+    pub effects: Vec<(String, String, Effect, UnixTime)>,
     pub inbox: Vec<NewInbox>,
     /// Stripe customer → account (the first link wins).
-    pub links: Vec<(String, String, Ts)>,
+    pub links: Vec<(String, String, UnixTime)>,
     /// Stripe price objects seen (the last one wins). Not taken back with a decision: a price seen by an event
     /// that failed is still known.
-    pub prices: Vec<(String, String, Ts)>,
+    pub prices: Vec<(String, String, UnixTime)>,
     /// Subscription invoices paid (the last one seen wins).
     pub invoices: Vec<Invoice>,
     /// Payment → the invoice it paid (the first link wins).
-    pub invoice_payments: Vec<(String, String, Ts)>,
+    pub invoice_payments: Vec<(String, String, UnixTime)>,
     /// Accounts whose lots, subscriptions and holds go to another account: (from, to, Stripe customer).
     pub moves: Vec<(String, String, String)>,
 }
@@ -68,8 +68,8 @@ pub struct Invoice {
     /// None: an invoice of no subscription.
     pub subscription: Option<String>,
     pub account: Option<String>,
-    pub period: Option<(Ts, Ts)>,
-    pub seen_at: Ts,
+    pub period: Option<(UnixTime, UnixTime)>,
+    pub seen_at: UnixTime,
 }
 
 /// How long each list was: taking back to a mark truncates them (prices excepted).

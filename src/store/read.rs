@@ -3,7 +3,7 @@
 
 use super::load::load_accounts;
 use super::{Backend, Request, Store, StoreError};
-use crate::ledger::{Hold, Lot, Op, Subscription, Ts};
+use crate::ledger::{Credits, Hold, Lot, Op, Subscription, UnixTime};
 use serde::Serialize;
 use sqlx::Row;
 
@@ -11,11 +11,11 @@ use sqlx::Row;
 pub struct AccountView {
     pub account: String,
     pub plan: String,
-    pub balance: i64,
-    pub held: i64,
+    pub balance: Credits,
+    pub held: Credits,
     pub lots: Vec<Lot>,
-    pub cycle: Option<(Ts, Ts)>,
-    pub expiring_at_cycle_end: i64,
+    pub cycle: Option<(UnixTime, UnixTime)>,
+    pub expiring_at_cycle_end: Credits,
     pub subscriptions: Vec<Subscription>,
     pub holds: Vec<Hold>,
     pub members: Vec<String>,
@@ -25,7 +25,7 @@ pub struct AccountView {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct EntryRow {
     pub id: i64,
-    pub at: Ts,
+    pub at: UnixTime,
     pub kind: String,
     pub amount: i64,
     pub lot_id: Option<String>,
@@ -39,7 +39,7 @@ pub struct EntryRow {
 impl Store {
     /// The account as of `now` (due work applied first), read in one snapshot: `balance` is always the sum of
     /// the `lots` shown, also while changes commit.
-    pub async fn account(&self, id: &str, now: Ts) -> Result<AccountView, StoreError> {
+    pub async fn account(&self, id: &str, now: UnixTime) -> Result<AccountView, StoreError> {
         let (view, due) = self.read_account(id).await?;
         if due.is_none_or(|t| t > now) {
             return Ok(view);
@@ -57,7 +57,7 @@ impl Store {
     }
 
     /// The account as stored, and when it next has due work.
-    async fn read_account(&self, id: &str) -> Result<(AccountView, Option<Ts>), StoreError> {
+    async fn read_account(&self, id: &str) -> Result<(AccountView, Option<UnixTime>), StoreError> {
         let mut tx = match self.backend {
             Backend::Postgres => self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?,
             Backend::Sqlite => self.pool.begin().await?,
@@ -74,7 +74,7 @@ impl Store {
         tx.commit().await?;
         let mut a = slot.account;
         // Lots kept only because a hold took from them are not shown: they have nothing left.
-        a.lots.retain(|l| l.remaining > 0);
+        a.lots.retain(|l| !l.remaining.is_zero());
         let view = AccountView {
             account: id.into(),
             plan: a.plan(),
@@ -138,8 +138,8 @@ impl Store {
         &self,
         account: &str,
         after: i64,
-        since: Ts,
-        until: Ts,
+        since: UnixTime,
+        until: UnixTime,
         limit: i64,
     ) -> Result<Vec<EntryRow>, StoreError> {
         let rows = sqlx::query(

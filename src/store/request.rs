@@ -1,7 +1,7 @@
 //! What a change to an account is ([`Request`]) and what it came to ([`Outcome`]).
 
 use crate::ledger::{Account, Applied, Op, RuleError};
-use crate::time::Ts;
+use crate::time::UnixTime;
 
 /// A precondition checked on the account brought up to date, before the change (an entitlement).
 pub type Guard = std::sync::Arc<dyn Fn(&Account) -> Result<(), RuleError> + Send + Sync>;
@@ -16,7 +16,7 @@ pub struct Request {
     /// The idempotency key of the request, if it has one.
     pub key: Option<IdempotencyKey>,
     pub on_missing: OnMissing,
-    pub now: Ts,
+    pub now: UnixTime,
 }
 
 /// An idempotency key and a fingerprint of the request it belongs to: a repeat with the same fingerprint gets

@@ -6,7 +6,7 @@
 use super::load::Slot;
 use super::pending::{Effect, Invoice, NewInbox, NewOutbox, Pending};
 use super::tables::{self as t, Arg, Rows};
-use crate::time::Ts;
+use crate::time::UnixTime;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
@@ -58,16 +58,16 @@ pub(super) fn accounts(slots: &HashMap<String, Slot>) -> AccountRows {
 fn lots(id: &str, s: &Slot, rows: &mut Rows) {
     for lot in s.account.lots.iter().filter(|l| s.base.lots.get(&l.id) != Some(*l)) {
         rows.push(vec![
-            Arg::Text(id.to_owned()),
-            Arg::Text(lot.id.clone()),
-            Arg::Text(lot.source.as_str().into()),
-            Arg::Int(lot.amount),
-            Arg::Int(lot.remaining),
-            Arg::Int(lot.granted_at),
-            Arg::OptInt(lot.expires_at),
-            Arg::OptText(lot.subscription_id.clone()),
-            Arg::OptInt(lot.cycle_start),
-            Arg::Int(lot.clawed),
+            Arg::text(id.to_owned()),
+            Arg::text(lot.id.clone()),
+            Arg::text(lot.source.as_str()),
+            Arg::int(lot.amount),
+            Arg::int(lot.remaining),
+            Arg::int(lot.granted_at),
+            Arg::opt_int(lot.expires_at),
+            Arg::opt_text(lot.subscription_id.clone()),
+            Arg::opt_int(lot.cycle_start),
+            Arg::int(lot.clawed),
         ]);
     }
 }
@@ -75,10 +75,10 @@ fn lots(id: &str, s: &Slot, rows: &mut Rows) {
 fn subscriptions(id: &str, s: &Slot, rows: &mut Rows) {
     for sub in s.account.subscriptions.iter().filter(|x| s.base.subs.get(&x.id) != Some(*x)) {
         rows.push(vec![
-            Arg::Text(sub.id.clone()),
-            Arg::Text(id.to_owned()),
-            Arg::Text(to_json(sub)),
-            Arg::Int(s.updated_at),
+            Arg::text(sub.id.clone()),
+            Arg::text(id.to_owned()),
+            Arg::text(to_json(sub)),
+            Arg::int(s.updated_at),
         ]);
     }
 }
@@ -86,14 +86,14 @@ fn subscriptions(id: &str, s: &Slot, rows: &mut Rows) {
 fn holds(id: &str, s: &Slot, rows: &mut Rows) {
     for h in s.account.holds.iter().filter(|h| s.base.holds.get(&h.id) != Some(*h)) {
         rows.push(vec![
-            Arg::Text(h.id.clone()),
-            Arg::Text(id.to_owned()),
-            Arg::Text(h.status.as_str().into()),
-            Arg::Int(h.amount),
-            Arg::Int(h.deadline),
-            Arg::Text(to_json(h)),
-            Arg::Int(h.created_at),
-            Arg::Int(s.updated_at),
+            Arg::text(h.id.clone()),
+            Arg::text(id.to_owned()),
+            Arg::text(h.status.as_str()),
+            Arg::int(h.amount),
+            Arg::int(h.deadline),
+            Arg::text(to_json(h)),
+            Arg::int(h.created_at),
+            Arg::int(s.updated_at),
         ]);
     }
 }
@@ -101,7 +101,7 @@ fn holds(id: &str, s: &Slot, rows: &mut Rows) {
 fn members(id: &str, s: &Slot, rows: &mut Rows, gone: &mut Vec<(String, String)>) {
     let a = &s.account;
     for m in a.members.iter().filter(|m| !s.base.members.contains(m)) {
-        rows.push(vec![Arg::Text(id.to_owned()), Arg::Text(m.clone()), Arg::Int(s.updated_at)]);
+        rows.push(vec![Arg::text(id.to_owned()), Arg::text(m.clone()), Arg::int(s.updated_at)]);
     }
     for m in s.base.members.iter().filter(|m| !a.members.contains(m)) {
         gone.push((id.to_owned(), m.clone()));
@@ -111,17 +111,17 @@ fn members(id: &str, s: &Slot, rows: &mut Rows, gone: &mut Vec<(String, String)>
 fn entries(id: &str, s: &Slot, rows: &mut Rows) {
     for (e, recorded) in &s.entries {
         rows.push(vec![
-            Arg::Text(id.to_owned()),
-            Arg::Int(e.at),
-            Arg::Text(e.kind.as_str().into()),
-            Arg::Int(e.amount),
-            Arg::OptText(e.lot_id.clone()),
-            Arg::Int(e.balance_after),
-            Arg::Text(e.cause.clone()),
-            Arg::OptText(e.user_id.clone()),
-            Arg::OptText(e.operation.clone()),
-            Arg::Int(e.shortfall),
-            Arg::Int(*recorded),
+            Arg::text(id.to_owned()),
+            Arg::int(e.at),
+            Arg::text(e.kind.as_str()),
+            Arg::int(e.amount),
+            Arg::opt_text(e.lot_id.clone()),
+            Arg::int(e.balance_after),
+            Arg::text(e.cause.clone()),
+            Arg::opt_text(e.user_id.clone()),
+            Arg::opt_text(e.operation.clone()),
+            Arg::int(e.shortfall),
+            Arg::int(*recorded),
         ]);
     }
 }
@@ -130,13 +130,13 @@ fn entries(id: &str, s: &Slot, rows: &mut Rows) {
 fn account(id: &str, s: &Slot, rows: &mut Rows) {
     let a = &s.account;
     rows.push(vec![
-        Arg::Text(id.to_owned()),
-        Arg::Int(a.balance),
-        Arg::Int(a.signup_granted as i64),
-        Arg::OptInt(a.next_due()),
-        Arg::Int(s.created_at),
-        Arg::Int(s.updated_at),
-        Arg::Int(s.version + 1),
+        Arg::text(id.to_owned()),
+        Arg::int(a.balance),
+        Arg::int(a.signup_granted),
+        Arg::opt_int(a.next_due()),
+        Arg::int(s.created_at),
+        Arg::int(s.updated_at),
+        Arg::int(s.version + 1),
     ]);
 }
 
@@ -174,25 +174,25 @@ fn outbox(list: Vec<NewOutbox>) -> Rows {
     let mut rows = Rows::new(t::OUTBOX);
     for o in list {
         rows.push(vec![
-            Arg::Text(o.event_id),
-            Arg::OptText(o.account),
-            Arg::Text(o.kind),
-            Arg::Text(o.payload),
-            Arg::Int(o.created_at),
+            Arg::text(o.event_id),
+            Arg::opt_text(o.account),
+            Arg::text(o.kind),
+            Arg::text(o.payload),
+            Arg::int(o.created_at),
         ]);
     }
     rows
 }
 
-fn effects(list: Vec<(String, String, Effect, Ts)>) -> Rows {
+fn effects(list: Vec<(String, String, Effect, UnixTime)>) -> Rows {
     let mut rows = Rows::new(t::EFFECTS);
     for (account, key, e, now) in list {
         rows.push(vec![
-            Arg::Text(account),
-            Arg::Text(key),
-            Arg::OptText(e.request),
-            Arg::Text(e.response),
-            Arg::Int(now),
+            Arg::text(account),
+            Arg::text(key),
+            Arg::opt_text(e.request),
+            Arg::text(e.response),
+            Arg::int(now),
         ]);
     }
     rows
@@ -205,19 +205,19 @@ fn inbox(list: &[NewInbox]) -> (Rows, InboxIds) {
     let mut ids = HashMap::new();
     for r in list {
         rows.push(vec![
-            Arg::Text(r.source.clone()),
-            Arg::Text(r.event_id.clone()),
-            Arg::Text(r.kind.clone()),
-            Arg::Text(r.payload.clone()),
-            Arg::Text(r.status.as_str().into()),
-            Arg::OptText(r.detail.clone()),
-            Arg::OptText(r.waiting_for.clone()),
-            Arg::OptText(r.account.clone()),
-            Arg::Int(1),
-            Arg::Int(r.created),
-            Arg::Int(r.now),
-            Arg::Int(r.now),
-            Arg::OptInt(r.next_attempt_at),
+            Arg::text(r.source.clone()),
+            Arg::text(r.event_id.clone()),
+            Arg::text(r.kind.clone()),
+            Arg::text(r.payload.clone()),
+            Arg::text(r.status.as_str()),
+            Arg::opt_text(r.detail.clone()),
+            Arg::opt_text(r.waiting_for.clone()),
+            Arg::opt_text(r.account.clone()),
+            Arg::int(1),
+            Arg::int(r.created),
+            Arg::int(r.now),
+            Arg::int(r.now),
+            Arg::opt_int(r.next_attempt_at),
         ]);
         ids.insert((r.source.clone(), r.event_id.clone()), r.id.clone());
     }
@@ -225,17 +225,17 @@ fn inbox(list: &[NewInbox]) -> (Rows, InboxIds) {
 }
 
 /// Rows of (text, text, time): customer links, invoice payments.
-fn pairs(table: usize, list: Vec<(String, String, Ts)>) -> Rows {
+fn pairs(table: usize, list: Vec<(String, String, UnixTime)>) -> Rows {
     let mut rows = Rows::new(table);
     for (a, b, now) in list {
-        rows.push(vec![Arg::Text(a), Arg::Text(b), Arg::Int(now)]);
+        rows.push(vec![Arg::text(a), Arg::text(b), Arg::int(now)]);
     }
     rows
 }
 
 /// The last object seen of each price (one row per price in one statement).
-fn prices(list: Vec<(String, String, Ts)>) -> Rows {
-    let mut last: Vec<(String, String, Ts)> = Vec::new();
+fn prices(list: Vec<(String, String, UnixTime)>) -> Rows {
+    let mut last: Vec<(String, String, UnixTime)> = Vec::new();
     for p in list.into_iter().rev() {
         if !last.iter().any(|(id, _, _)| *id == p.0) {
             last.push(p);
@@ -254,12 +254,12 @@ fn invoices(list: &[Invoice]) -> Rows {
         }
         seen.push(&i.id);
         rows.push(vec![
-            Arg::Text(i.id.clone()),
-            Arg::OptText(i.subscription.clone()),
-            Arg::OptText(i.account.clone()),
-            Arg::OptInt(i.period.map(|p| p.0)),
-            Arg::OptInt(i.period.map(|p| p.1)),
-            Arg::Int(i.seen_at),
+            Arg::text(i.id.clone()),
+            Arg::opt_text(i.subscription.clone()),
+            Arg::opt_text(i.account.clone()),
+            Arg::opt_int(i.period.map(|p| p.0)),
+            Arg::opt_int(i.period.map(|p| p.1)),
+            Arg::int(i.seen_at),
         ]);
     }
     rows

@@ -14,6 +14,22 @@ pub(super) enum Arg {
     OptInt(Option<i64>),
 }
 
+/// Bound values from the domain types (ids are text; credits and instants integers).
+impl Arg {
+    pub fn text(v: impl Into<String>) -> Arg {
+        Arg::Text(v.into())
+    }
+    pub fn opt_text<T: Into<String>>(v: Option<T>) -> Arg {
+        Arg::OptText(v.map(Into::into))
+    }
+    pub fn int(v: impl Into<i64>) -> Arg {
+        Arg::Int(v.into())
+    }
+    pub fn opt_int<T: Into<i64>>(v: Option<T>) -> Arg {
+        Arg::OptInt(v.map(Into::into))
+    }
+}
+
 pub(super) const LOTS: usize = 0;
 pub(super) const SUBS: usize = 1;
 pub(super) const HOLDS: usize = 2;

@@ -1,7 +1,7 @@
 //! Usage reports: credits debited per operation, user or day over a period, from the ledger entries.
 
 use super::{Store, StoreError};
-use crate::time::{Ts, format_rfc3339};
+use crate::time::{UnixTime, format_rfc3339};
 use serde::Serialize;
 use sqlx::Row;
 
@@ -22,7 +22,13 @@ pub struct UsageRow {
 
 impl Store {
     /// Debits with `from <= at <= to` (both inclusive, at second resolution: a debit of this second is in).
-    pub async fn usage(&self, account: &str, from: Ts, to: Ts, group: GroupBy) -> Result<Vec<UsageRow>, StoreError> {
+    pub async fn usage(
+        &self,
+        account: &str,
+        from: UnixTime,
+        to: UnixTime,
+        group: GroupBy,
+    ) -> Result<Vec<UsageRow>, StoreError> {
         let key = match group {
             GroupBy::Operation => "COALESCE(operation, '')",
             GroupBy::User => "COALESCE(user_id, '')",
@@ -39,7 +45,10 @@ impl Store {
             .map(|r| {
                 let raw: String = r.try_get("key")?;
                 let key = match group {
-                    GroupBy::Day => raw.parse::<i64>().map(|d| format_rfc3339(d)[..10].to_owned()).unwrap_or(raw),
+                    GroupBy::Day => raw
+                        .parse::<i64>()
+                        .map(|d| format_rfc3339(UnixTime::from_secs(d))[..10].to_owned())
+                        .unwrap_or(raw),
                     _ => raw,
                 };
                 Ok(UsageRow { key, credits: r.try_get("credits")?, count: r.try_get("n")? })

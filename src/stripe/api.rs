@@ -56,10 +56,10 @@ impl StripeApi {
     /// `starting_after`.
     pub async fn undelivered_events(
         &self,
-        since: i64,
+        since: crate::time::UnixTime,
         starting_after: Option<&str>,
     ) -> Result<EventPage, StripeApiError> {
-        let mut path = format!("/v1/events?delivery_success=false&limit=100&created[gte]={since}");
+        let mut path = format!("/v1/events?delivery_success=false&limit=100&created[gte]={}", since.secs());
         if let Some(after) = starting_after {
             path.push_str(&format!("&starting_after={after}"));
         }

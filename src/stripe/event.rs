@@ -6,6 +6,7 @@
 //! Why not whole Stripe objects: they change with every API version, and a field we don't read must never be
 //! the reason an event fails.
 
+use crate::time::UnixTime;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -17,7 +18,7 @@ pub struct Envelope {
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(default)]
-    pub created: i64,
+    pub created: UnixTime,
     pub data: Data,
 }
 
@@ -129,23 +130,23 @@ pub struct SubscriptionObject {
     #[serde(default)]
     pub status: Option<String>,
     #[serde(default)]
-    pub billing_cycle_anchor: Option<i64>,
+    pub billing_cycle_anchor: Option<UnixTime>,
     #[serde(default)]
-    pub start_date: Option<i64>,
+    pub start_date: Option<UnixTime>,
     #[serde(default)]
-    pub trial_start: Option<i64>,
+    pub trial_start: Option<UnixTime>,
     #[serde(default)]
-    pub trial_end: Option<i64>,
+    pub trial_end: Option<UnixTime>,
     #[serde(default)]
     pub cancel_at_period_end: Option<bool>,
     #[serde(default)]
-    pub canceled_at: Option<i64>,
+    pub canceled_at: Option<UnixTime>,
     #[serde(default)]
-    pub ended_at: Option<i64>,
+    pub ended_at: Option<UnixTime>,
     #[serde(default)]
-    pub current_period_start: Option<i64>,
+    pub current_period_start: Option<UnixTime>,
     #[serde(default)]
-    pub current_period_end: Option<i64>,
+    pub current_period_end: Option<UnixTime>,
     #[serde(default)]
     pub items: Option<List<SubscriptionItem>>,
 }
@@ -155,9 +156,9 @@ pub struct SubscriptionItem {
     #[serde(default)]
     pub price: Option<Price>,
     #[serde(default)]
-    pub current_period_start: Option<i64>,
+    pub current_period_start: Option<UnixTime>,
     #[serde(default)]
-    pub current_period_end: Option<i64>,
+    pub current_period_end: Option<UnixTime>,
 }
 
 impl SubscriptionObject {
@@ -166,7 +167,7 @@ impl SubscriptionObject {
     }
 
     /// The current billing period, from the items (new API) or the subscription (old API).
-    pub fn period(&self) -> Option<(i64, i64)> {
+    pub fn period(&self) -> Option<(UnixTime, UnixTime)> {
         let from_items = self.items().iter().find_map(|i| Some((i.current_period_start?, i.current_period_end?)));
         from_items.or_else(|| Some((self.current_period_start?, self.current_period_end?)))
     }
@@ -192,9 +193,9 @@ pub struct Invoice {
     #[serde(default)]
     pub lines: Option<List<InvoiceLine>>,
     #[serde(default)]
-    pub period_start: Option<i64>,
+    pub period_start: Option<UnixTime>,
     #[serde(default)]
-    pub period_end: Option<i64>,
+    pub period_end: Option<UnixTime>,
     /// The payment that paid it (API versions before 2025-03-31).
     #[serde(default)]
     pub payment_intent: Option<Ref>,
@@ -250,9 +251,9 @@ pub struct InvoiceLine {
 #[derive(Debug, Clone, Deserialize, Default)]
 pub struct Period {
     #[serde(default)]
-    pub start: Option<i64>,
+    pub start: Option<UnixTime>,
     #[serde(default)]
-    pub end: Option<i64>,
+    pub end: Option<UnixTime>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -315,7 +316,7 @@ impl InvoiceLine {
         })
     }
 
-    pub fn period(&self) -> Option<(i64, i64)> {
+    pub fn period(&self) -> Option<(UnixTime, UnixTime)> {
         let p = self.period.as_ref()?;
         Some((p.start?, p.end?))
     }
@@ -393,6 +394,8 @@ pub fn has_nul(v: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[allow(unused_imports)]
+    use crate::domain::test_values::{at, cr};
     use proptest::prelude::*;
 
     #[test]
@@ -424,7 +427,7 @@ mod tests {
         assert!(matches!(parse_envelope(b"{\"id\": 1}"), Err(ParseError::NotAnEvent(_))));
         assert!(matches!(parse_envelope(b"[]"), Err(ParseError::NotAnEvent(_))));
         let ok = parse_envelope(br#"{"id":"evt_1","type":"invoice.paid","created":5,"data":{"object":{}}}"#).unwrap();
-        assert_eq!((ok.id.as_str(), ok.kind.as_str(), ok.created), ("evt_1", "invoice.paid", 5));
+        assert_eq!((ok.id.as_str(), ok.kind.as_str(), ok.created), ("evt_1", "invoice.paid", at(5)));
     }
 
     proptest! {

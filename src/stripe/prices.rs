@@ -3,7 +3,12 @@
 
 use super::event::Price;
 use crate::catalog::{Catalog, MAX_CREDITS, PriceUse};
-use crate::ledger::PlanTerms;
+use crate::ledger::{Credits, PlanTerms};
+
+/// Catalog and metadata numbers are checked to lie in `0..=MAX_CREDITS` before they get here.
+fn credits(n: i64) -> Credits {
+    Credits::new(n).unwrap_or_default()
+}
 
 /// The plan terms a subscription price stands for.
 pub fn plan_terms(catalog: &Catalog, price: &Price) -> Option<PlanTerms> {
@@ -23,11 +28,11 @@ pub fn plan_terms(catalog: &Catalog, price: &Price) -> Option<PlanTerms> {
         (plan, Some(monthly)) => {
             let plan = plan.unwrap_or_else(|| "enterprise".into());
             let cap = cap.or_else(|| catalog.plans.get(&plan).map(|p| p.rollover_cap)).unwrap_or(0);
-            Some(PlanTerms { plan, monthly, cap })
+            Some(PlanTerms { plan, monthly: credits(monthly), cap: credits(cap) })
         }
         (Some(plan), None) => {
             let p = catalog.plans.get(&plan)?;
-            Some(PlanTerms { plan, monthly: p.monthly_credits, cap: cap.unwrap_or(p.rollover_cap) })
+            Some(PlanTerms { plan, monthly: credits(p.monthly_credits), cap: credits(cap.unwrap_or(p.rollover_cap)) })
         }
         (None, None) => None,
     }
@@ -54,6 +59,8 @@ fn catalog_use(catalog: &Catalog, price: &Price) -> Option<PriceUse> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[allow(unused_imports)]
+    use crate::domain::test_values::{at, cr};
     use serde_json::json;
 
     fn price(v: serde_json::Value) -> Price {
@@ -72,10 +79,13 @@ mod tests {
             "basic"
         );
         let pro = price(json!({"id": "price_y", "metadata": {"credits_plan": "pro"}}));
-        assert_eq!(plan_terms(&c, &pro), Some(PlanTerms { plan: "pro".into(), monthly: 50, cap: 100 }));
+        assert_eq!(plan_terms(&c, &pro), Some(PlanTerms { plan: "pro".into(), monthly: cr(50), cap: cr(100) }));
         let ent =
             price(json!({"id": "price_e", "metadata": {"credits_monthly": "1000", "credits_rollover_cap": "2500"}}));
-        assert_eq!(plan_terms(&c, &ent), Some(PlanTerms { plan: "enterprise".into(), monthly: 1000, cap: 2500 }));
+        assert_eq!(
+            plan_terms(&c, &ent),
+            Some(PlanTerms { plan: "enterprise".into(), monthly: cr(1000), cap: cr(2500) })
+        );
         let via_product =
             price(json!({"id": "price_p", "product": {"id": "prod", "metadata": {"credits_plan": "business"}}}));
         assert_eq!(plan_terms(&c, &via_product).unwrap().monthly, 150);

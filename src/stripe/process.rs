@@ -10,7 +10,7 @@ use super::mapping::{Mapper, Prefetched};
 use crate::catalog::Catalog;
 use crate::inbox::{Decision, Inbox, Incoming, Receipt, Source};
 use crate::store::{Batch, BoxFuture, InboxRow, Store, StoreError};
-use crate::time::Ts;
+use crate::time::UnixTime;
 use std::sync::Arc;
 
 pub const SOURCE: &str = "stripe";
@@ -51,7 +51,12 @@ impl Source for StripeEvents {
             .collect()
     }
 
-    fn decide<'a>(&'a self, b: &'a mut Batch, ev: &'a Fetched, now: Ts) -> BoxFuture<'a, Result<Decision, StoreError>> {
+    fn decide<'a>(
+        &'a self,
+        b: &'a mut Batch,
+        ev: &'a Fetched,
+        now: UnixTime,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
         Box::pin(async move { Mapper::new(&self.catalog, now).decide(b, &ev.env, &ev.pre).await })
     }
 }
@@ -73,7 +78,7 @@ impl Intake {
 
     /// A verified event body (webhook, queue, backfill). Errors only when it could not be stored.
     #[tracing::instrument(skip_all, fields(event_id = %env.id, event_type = %env.kind))]
-    pub async fn receive(&self, env: &Envelope, payload: &str, now: Ts) -> Result<Receipt, StoreError> {
+    pub async fn receive(&self, env: &Envelope, payload: &str, now: UnixTime) -> Result<Receipt, StoreError> {
         let pre = if self.api.is_some() && self.store.inbox_find(SOURCE, &env.id).await?.is_none() {
             self.prefetch(env).await
         } else {
@@ -91,7 +96,7 @@ impl Intake {
     }
 
     /// Decide a stored event again (replay, or the retry schedule).
-    pub async fn replay(&self, id: i64, now: Ts) -> Result<Receipt, StoreError> {
+    pub async fn replay(&self, id: i64, now: UnixTime) -> Result<Receipt, StoreError> {
         let row = self
             .store
             .inbox_get(&id.to_string())

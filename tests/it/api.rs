@@ -1,13 +1,14 @@
 //! The HTTP API over real HTTP: every call with its bad inputs (SPEC §7, §9).
 
 use crate::common::{TestApp, spawn_app};
-use billing_worker::ledger::{Op, PlanTerms, Ts};
+use crate::common::{at, cr};
+use billing_worker::ledger::{Op, PlanTerms};
 use billing_worker::store::{OnMissing, Request};
 use billing_worker::time::parse_rfc3339;
 use serde_json::{Value, json};
 
-fn t0() -> Ts {
-    parse_rfc3339("2026-07-01T12:00:00Z").unwrap()
+fn t0() -> i64 {
+    (parse_rfc3339("2026-07-01T12:00:00Z").unwrap()).secs()
 }
 
 async fn setup() -> (TestApp, String, String) {
@@ -25,8 +26,8 @@ fn debit(op: &str, qty: i64, user: &str, key: &str) -> Value {
 async fn on_plan(app: &TestApp, account: &str, plan: &str, monthly: i64) {
     let op = Op::Subscribe {
         id: format!("sub_{account}"),
-        anchor: t0(),
-        terms: PlanTerms { plan: plan.into(), monthly, cap: monthly * 2 },
+        anchor: at(t0()),
+        terms: PlanTerms { plan: plan.into(), monthly: cr(monthly), cap: cr(monthly * 2) },
     };
     app.store
         .execute(Request {
@@ -35,7 +36,7 @@ async fn on_plan(app: &TestApp, account: &str, plan: &str, monthly: i64) {
             cause: "test".into(),
             key: None,
             on_missing: OnMissing::Create,
-            now: t0(),
+            now: at(t0()),
         })
         .await
         .unwrap();
@@ -64,10 +65,10 @@ async fn keys_and_scopes() {
         )
         .await;
     assert_eq!(s, 403);
-    assert!(app.store.account("y", t0()).await.is_err(), "a refused call changes nothing");
+    assert!(app.store.account("y", at(t0())).await.is_err(), "a refused call changes nothing");
     // Revoked keys stop working.
     let id = service.split('_').nth(1).unwrap();
-    assert!(app.store.revoke_key(id, t0()).await.unwrap());
+    assert!(app.store.revoke_key(id, at(t0())).await.unwrap());
     assert_eq!(app.call("GET", path, Some(&service), None).await.0, 401);
     assert_eq!(app.call("POST", "/v1/admin/accounts/acc/adjustments", Some(&admin), Some(adj)).await.0, 201);
     app.shutdown().await;
@@ -233,7 +234,7 @@ async fn fifty_concurrent(backend: &str) {
     .await;
     assert_eq!((created, refused), (10, 40));
     let v = app.store.account("acc2", app.clock.now()).await.unwrap();
-    assert_eq!((v.balance, v.held), (0, 10));
+    assert_eq!((v.balance, v.held), (cr(0), cr(10)));
     app.shutdown().await;
 }
 
@@ -259,7 +260,7 @@ async fn a_repeat_after_the_plan_lapsed_gets_its_first_answer() {
     assert_eq!(s, 201, "4k is in Pro: {first}");
     let (s, h) = app.call("POST", holds, Some(&svc), Some(hold("h1"))).await;
     assert_eq!(s, 201, "{h}");
-    let cancel = Op::Cancel { subscription: "sub_acc".into(), at: t0() };
+    let cancel = Op::Cancel { subscription: "sub_acc".into(), at: at(t0()) };
     app.store
         .execute(Request {
             account: "acc".into(),
@@ -267,7 +268,7 @@ async fn a_repeat_after_the_plan_lapsed_gets_its_first_answer() {
             cause: "test".into(),
             key: None,
             on_missing: OnMissing::Refuse,
-            now: t0(),
+            now: at(t0()),
         })
         .await
         .unwrap();
@@ -317,7 +318,7 @@ async fn holds_capture_release_and_deadline() {
         app.call("POST", "/v1/accounts/acc/debits", Some(&svc), Some(debit("chat.message", 1, "u", "late"))).await.0,
         402
     );
-    app.clock.set(t0() + 61);
+    app.clock.set(at(t0() + 61));
     let (s, d) =
         app.call("POST", "/v1/accounts/acc/debits", Some(&svc), Some(debit("chat.message", 1, "u", "late"))).await;
     assert_eq!((s, d["balance"].as_i64()), (201, Some(5)));
@@ -344,8 +345,8 @@ async fn usage_report_matches_the_debits_in_json_and_csv() {
         (day2, "ann", "chat.message", 1, "c"),
         (day2 + 5, "ann", "image.4k", 1, "d"),
     ];
-    for (at, user, op, qty, key) in plan {
-        app.clock.set(at);
+    for (when, user, op, qty, key) in plan {
+        app.clock.set(at(when));
         assert_eq!(
             app.call("POST", "/v1/accounts/biz/debits", Some(&svc), Some(debit(op, qty, user, key))).await.0,
             201
@@ -391,7 +392,7 @@ async fn ledger_pages_by_cursor_and_adjustments() {
     let (app, admin, svc) = setup().await;
     app.account(&admin, "acc").await;
     for i in 0..5 {
-        app.clock.set(t0() + i);
+        app.clock.set(at(t0() + i));
         app.grant(&admin, "acc", 1 + i).await;
     }
     let adj = |credits: i64, key: &str| json!({"credits": credits, "reason": "support", "idempotency_key": key});

@@ -1,14 +1,15 @@
 //! Commands through `POST /v1/commands` on SQLite with no broker: each type applied, repeats applied once, bad
 //! messages refused with a reason and nothing applied (the same checks the queue tests make on RabbitMQ).
 
+use crate::common::at;
 use crate::common::stripe::{checkout, event, signature};
 use crate::common::{SECRET, TestApp, spawn_app};
-use billing_worker::ledger::Ts;
+
 use billing_worker::time::parse_rfc3339;
 use serde_json::{Value, json};
 
-fn t0() -> Ts {
-    parse_rfc3339("2026-08-01T00:00:00Z").unwrap()
+fn t0() -> i64 {
+    (parse_rfc3339("2026-08-01T00:00:00Z").unwrap()).secs()
 }
 
 async fn send(app: &TestApp, key: &str, cmd: Value) -> (u16, Value) {
@@ -157,7 +158,7 @@ async fn unsigned_stripe_events_are_refused_when_signatures_are_required() {
     let (s, r) = send(&app, &admin, json!({"type": "stripe.event", "id": "s1", "payload": payload})).await;
     assert_eq!((s, r["error"]["code"].as_str()), (422, Some("command_failed")));
     assert!(r["error"]["message"].as_str().unwrap().contains("without a signature"));
-    assert!(app.store.account("acc", t0()).await.is_err());
+    assert!(app.store.account("acc", at(t0())).await.is_err());
     let sig = signature(SECRET, t0(), &payload);
     let (s, r) =
         send(&app, &admin, json!({"type": "stripe.event", "id": "s2", "payload": payload, "signature": sig})).await;

@@ -2,17 +2,18 @@
 //! by its id and a later event names the real account (§5), and when a subscription payment is refunded; two
 //! instances deciding the same waiting events at once apply each once; a balance is read in one snapshot.
 
+use crate::common::at;
 use crate::common::stripe::{Line, Shape, Sub, charge, checkout, event, invoice, payment_intent, price, subscription};
 use crate::common::{TestApp, spawn_app, spawn_app_with};
-use billing_worker::ledger::Ts;
+
 use billing_worker::store::InboxStatus;
 use billing_worker::time::{add_months, parse_rfc3339};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-fn t0() -> Ts {
-    parse_rfc3339("2026-06-01T09:00:00Z").unwrap()
+fn t0() -> i64 {
+    (parse_rfc3339("2026-06-01T09:00:00Z").unwrap()).secs()
 }
 
 /// A customer's package (first known only by customer), its checkout naming the account, a second package by
@@ -26,13 +27,14 @@ fn moving_set() -> Vec<String> {
         account: None,
         price: basic,
         anchor: t0(),
-        period: (t0(), add_months(t0(), 1)),
+        period: (t0(), add_months(at(t0()), 1).secs()),
         status: "active",
         trial: None,
         cancel_at_period_end: false,
         ended_at: None,
     };
-    let line = Line { price: "price_bm", period: (t0(), add_months(t0(), 1)), proration: false, amount: 999 };
+    let line =
+        Line { price: "price_bm", period: (t0(), add_months(at(t0()), 1).secs()), proration: false, amount: 999 };
     let mut inv = invoice("in_m1", "sub_m", "cus_m", "subscription_create", &[line], Shape::Old);
     inv["payment_intent"] = json!("pi_s1");
     let pkg = |n: &str| json!({"credits_package": n});
@@ -80,12 +82,12 @@ async fn run(backend: &str, events: &[String]) -> Ending {
         .collect();
     assert!(statuses.is_empty(), "every event ends applied: {statuses:?}");
     let v = app.store.account("acc_m", app.clock.now()).await.unwrap();
-    let fallback = app.store.account("cus_m", app.clock.now()).await.map(|v| v.balance).unwrap_or(0);
+    let fallback = app.store.account("cus_m", app.clock.now()).await.map(|v| v.balance).unwrap_or_default();
     let all_lots = sqlx_lots(&app, "acc_m").await;
     app.shutdown().await;
     Ending {
-        balance: v.balance,
-        fallback,
+        balance: v.balance.get(),
+        fallback: fallback.get(),
         lots: all_lots,
         subscriptions: v.subscriptions.iter().map(|s| s.id.clone()).collect(),
     }
@@ -186,14 +188,15 @@ async fn a_subscription_refund_in_the_basil_shape(backend: &str) {
         account: Some("acc_b"),
         price: basic,
         anchor: t0(),
-        period: (t0(), add_months(t0(), 1)),
+        period: (t0(), add_months(at(t0()), 1).secs()),
         status: "active",
         trial: None,
         cancel_at_period_end: false,
         ended_at: None,
     };
     app.deliver(&event("evt_b1", "customer.subscription.created", t0(), subscription(&s, Shape::New))).await;
-    let line = Line { price: "price_bb", period: (t0(), add_months(t0(), 1)), proration: false, amount: 1000 };
+    let line =
+        Line { price: "price_bb", period: (t0(), add_months(at(t0()), 1).secs()), proration: false, amount: 1000 };
     let inv = invoice("in_b1", "sub_b", "cus_b", "subscription_create", &[line], Shape::New);
     app.deliver(&event("evt_b2", "invoice.paid", t0(), inv)).await;
     assert_eq!(app.balance("acc_b").await, 20);
@@ -231,7 +234,7 @@ async fn concurrent_decisions_of_one_stored_event_apply_it_once() {
     let admin = a.key("admin").await;
     const N: usize = 12;
     let basic = price("price_bc", Some("basic_monthly"), json!({}), Some("month"));
-    let period = (t0(), add_months(t0(), 1));
+    let period = (t0(), add_months(at(t0()), 1).secs());
     for i in 0..N {
         let line = Line { price: "price_bc", period, proration: false, amount: 999 };
         let inv =
@@ -265,14 +268,14 @@ async fn concurrent_decisions_of_one_stored_event_apply_it_once() {
             async move { client.post(url).bearer_auth(key).send().await.unwrap().status().as_u16() },
         ));
     }
-    b.clock.set(t0() + 120);
+    b.clock.set(at(t0() + 120));
     let retried = b.retry_due();
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }
     retried.await;
     // Whatever is still waiting (a replay that came before its subscription) is decided once more.
-    a.clock.set(t0() + 600);
+    a.clock.set(at(t0() + 600));
     a.retry_due().await;
     for i in 0..N {
         let r = a.store.inbox_find("stripe", &format!("evt_i{i}")).await.unwrap().unwrap();

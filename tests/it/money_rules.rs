@@ -5,13 +5,14 @@
 
 use crate::common::stripe::{Line, Shape, Sub, event, invoice, payment_intent, price, subscription};
 use crate::common::{TestApp, spawn_app, spawn_app_with};
-use billing_worker::ledger::{Op, PlanTerms, Ts};
+use crate::common::{at, cr};
+use billing_worker::ledger::{Op, PlanTerms};
 use billing_worker::store::{InboxStatus, OnMissing, Request};
 use billing_worker::time::{add_months, parse_rfc3339};
 use serde_json::{Value, json};
 
-fn t0() -> Ts {
-    parse_rfc3339("2026-05-10T12:00:00Z").unwrap()
+fn t0() -> i64 {
+    (parse_rfc3339("2026-05-10T12:00:00Z").unwrap()).secs()
 }
 
 fn cmd(kind: &str, id: &str, fields: Value) -> Value {
@@ -24,7 +25,7 @@ async fn command(app: &TestApp, admin: &str, c: Value) -> (u16, Value) {
     app.call("POST", "/v1/commands", Some(admin), Some(c)).await
 }
 
-fn sub_event(id: &str, kind: &str, created: Ts, s: &Sub) -> String {
+fn sub_event(id: &str, kind: &str, created: i64, s: &Sub) -> String {
     event(id, kind, created, subscription(s, Shape::New))
 }
 
@@ -35,7 +36,7 @@ fn sub_of<'a>(id: &'a str, account: &'a str, price: Value, status: &'a str) -> S
         account: Some(account),
         price,
         anchor: t0(),
-        period: (t0(), add_months(t0(), 1)),
+        period: (t0(), add_months(at(t0()), 1).secs()),
         status,
         trial: None,
         cancel_at_period_end: false,
@@ -66,12 +67,12 @@ async fn a_hold_across_a_cycle_close_keeps_only_what_the_close_keeps(backend: &s
     let app = spawn_app(backend, t0()).await;
     let req =
         |op: Op, on_missing, now| Request { account: "acc".into(), op, cause: "t".into(), key: None, on_missing, now };
-    let basic = PlanTerms { plan: "basic".into(), monthly: 20, cap: 40 };
-    let close = add_months(t0(), 3);
-    let sub = Op::Subscribe { id: "sub".into(), anchor: t0(), terms: basic };
-    app.store.execute(req(sub, OnMissing::Create, t0())).await.unwrap();
-    let paid = Op::Paid { subscription: "sub".into(), start: t0(), end: close };
-    app.store.execute(req(paid, OnMissing::Refuse, t0())).await.unwrap();
+    let basic = PlanTerms { plan: "basic".into(), monthly: cr(20), cap: cr(40) };
+    let close = add_months(at(t0()), 3);
+    let sub = Op::Subscribe { id: "sub".into(), anchor: at(t0()), terms: basic };
+    app.store.execute(req(sub, OnMissing::Create, at(t0()))).await.unwrap();
+    let paid = Op::Paid { subscription: "sub".into(), start: at(t0()), end: close };
+    app.store.execute(req(paid, OnMissing::Refuse, at(t0()))).await.unwrap();
     assert_eq!(app.store.account("acc", close - 10).await.unwrap().balance, 60);
     let hold = Op::HoldCreate { id: "h".into(), credits: 20, deadline: close + 600, user_id: None, operation: None };
     app.store.execute(req(hold, OnMissing::Refuse, close - 5)).await.unwrap();
@@ -81,12 +82,12 @@ async fn a_hold_across_a_cycle_close_keeps_only_what_the_close_keeps(backend: &s
     let hold = Op::HoldCreate {
         id: "h2".into(),
         credits: 40,
-        deadline: add_months(t0(), 4) + 600,
+        deadline: add_months(at(t0()), 4) + 600,
         user_id: None,
         operation: None,
     };
-    let close2 = add_months(t0(), 4);
-    let paid = Op::Paid { subscription: "sub".into(), start: close, end: add_months(t0(), 5) };
+    let close2 = add_months(at(t0()), 4);
+    let paid = Op::Paid { subscription: "sub".into(), start: close, end: add_months(at(t0()), 5) };
     app.store.execute(req(paid, OnMissing::Refuse, close + 6)).await.unwrap();
     assert_eq!(app.store.account("acc", close2 - 10).await.unwrap().balance, 60);
     app.store.execute(req(hold, OnMissing::Refuse, close2 - 5)).await.unwrap();
@@ -102,15 +103,15 @@ async fn a_hold_across_a_cycle_close_keeps_only_what_the_close_keeps(backend: &s
 async fn usage_includes_the_current_second(backend: &str) {
     let app = spawn_app(backend, t0()).await;
     let (admin, svc) = (app.key("admin").await, app.key("service").await);
-    let terms = PlanTerms { plan: "business".into(), monthly: 150, cap: 300 };
-    let sub = Op::Subscribe { id: "sub_b".into(), anchor: t0(), terms };
+    let terms = PlanTerms { plan: "business".into(), monthly: cr(150), cap: cr(300) };
+    let sub = Op::Subscribe { id: "sub_b".into(), anchor: at(t0()), terms };
     let req = Request {
         account: "biz".into(),
         op: sub,
         cause: "t".into(),
         key: None,
         on_missing: OnMissing::Create,
-        now: t0(),
+        now: at(t0()),
     };
     app.store.execute(req).await.unwrap();
     app.grant(&admin, "biz", 10).await;
@@ -161,12 +162,13 @@ async fn a_payment_failure_does_not_overwrite_a_newer_status(backend: &str) {
     let basic = price("price_bs", Some("basic_monthly"), json!({}), Some("month"));
     let s = sub_of("sub_pf", "acc_pf", basic, "active");
     app.deliver(&sub_event("evt_u2", "customer.subscription.updated", t0() + 100, &s)).await;
-    let line = Line { price: "price_bs", period: (t0(), add_months(t0(), 1)), proration: false, amount: 999 };
+    let line =
+        Line { price: "price_bs", period: (t0(), add_months(at(t0()), 1).secs()), proration: false, amount: 999 };
     let inv = invoice("in_pf", "sub_pf", "cus_r", "subscription_cycle", &[line], Shape::New);
     app.deliver(&event("evt_pf", "invoice.payment_failed", t0() + 50, inv.clone())).await;
     let status = |app: &TestApp| {
         let store = app.store.clone();
-        async move { store.account("acc_pf", t0() + 200).await.unwrap().subscriptions[0].status.clone() }
+        async move { store.account("acc_pf", at(t0() + 200)).await.unwrap().subscriptions[0].status.clone() }
     };
     assert_eq!(status(&app).await, "active", "the failure came before the update that said active");
     app.deliver(&event("evt_pf2", "invoice.payment_failed", t0() + 150, inv)).await;
@@ -207,10 +209,11 @@ async fn a_price_seen_by_a_failed_event_is_still_known(backend: &str) {
     s["items"]["data"] = json!([first, item]);
     let r = app.deliver(&event("evt_px1", "customer.subscription.created", t0(), s.clone())).await;
     assert_eq!(r["status"], "applied", "{r}");
-    assert_eq!(app.store.account("acc_px", t0()).await.unwrap().plan, "basic");
+    assert_eq!(app.store.account("acc_px", at(t0())).await.unwrap().plan, "basic");
     // An upgrade invoice for a price nobody told about yet waits for it.
     let mid = t0() + 86_400;
-    let lines = [Line { price: "price_mystery", period: (mid, add_months(t0(), 1)), proration: true, amount: 500 }];
+    let lines =
+        [Line { price: "price_mystery", period: (mid, add_months(at(t0()), 1).secs()), proration: true, amount: 500 }];
     let up = invoice("in_up", "sub_px", "cus_r", "subscription_update", &lines, Shape::New);
     let r = app.deliver(&event("evt_up", "invoice.paid", mid, up)).await;
     assert_eq!(r["status"], "waiting", "{r}");
@@ -218,7 +221,7 @@ async fn a_price_seen_by_a_failed_event_is_still_known(backend: &str) {
     let mystery = price("price_mystery", None, json!({}), Some("month"));
     let mut s2 = s.clone();
     s2["items"]["data"] =
-        json!([{"price": mystery, "current_period_start": t0(), "current_period_end": add_months(t0(), 1)}]);
+        json!([{"price": mystery, "current_period_start": t0(), "current_period_end": add_months(at(t0()), 1).secs()}]);
     let r = app.deliver(&event("evt_px2", "customer.subscription.updated", mid, s2)).await;
     assert_eq!(r["status"], "failed", "{r}");
     let (status, detail) = status_of(&app, "stripe", "evt_up").await;
@@ -262,9 +265,10 @@ async fn a_prorated_first_period_is_allocated(backend: &str) {
     let inv = invoice("in_fp", "sub_fp", "cus_r", "subscription_create", &[line], Shape::New);
     app.deliver(&event("evt_fp2", "invoice.paid", t0(), inv)).await;
     assert_eq!(app.balance("acc_fp").await, 20, "the first, short period brings its allocation");
-    let line = Line { price: "price_bp", period: (anchor, add_months(anchor, 1)), proration: false, amount: 999 };
+    let line =
+        Line { price: "price_bp", period: (anchor, add_months(at(anchor), 1).secs()), proration: false, amount: 999 };
     let inv = invoice("in_fp2", "sub_fp", "cus_r", "subscription_cycle", &[line], Shape::New);
-    app.clock.set(anchor + 60);
+    app.clock.set(at(anchor + 60));
     app.deliver(&event("evt_fp3", "invoice.paid", anchor, inv)).await;
     assert_eq!(app.balance("acc_fp").await, 40, "then every month from the anchor");
     app.shutdown().await;
@@ -274,23 +278,23 @@ async fn a_prorated_first_period_is_allocated(backend: &str) {
 async fn waiting_ends_at_the_horizon(backend: &str) {
     let app = spawn_app_with(backend, t0(), &[("BILLING_WAIT_HORIZON_SECS", "3600")]).await;
     let admin = app.key("admin").await;
-    let line = Line { price: "price_x", period: (t0(), add_months(t0(), 1)), proration: false, amount: 999 };
+    let line = Line { price: "price_x", period: (t0(), add_months(at(t0()), 1).secs()), proration: false, amount: 999 };
     let inv = invoice("in_nosub", "sub_never", "cus_n", "subscription_create", &[line], Shape::New);
     assert_eq!(app.deliver(&event("evt_ns", "invoice.paid", t0(), inv)).await["status"], "waiting");
     let buy = cmd("package.purchased", "buy_never", json!({"account_id": "acc_never", "package": "credits_25"}));
     assert_eq!(command(&app, &admin, buy).await.1["status"], "waiting");
     // Not due yet: not tried again.
-    app.clock.set(t0() + 30);
+    app.clock.set(at(t0() + 30));
     assert_eq!(app.retry_due().await, 0);
     assert_eq!(app.store.inbox_find("stripe", "evt_ns").await.unwrap().unwrap().attempts, 1);
     // Due: tried again, still waiting, the next try later.
-    app.clock.set(t0() + 61);
+    app.clock.set(at(t0() + 61));
     app.retry_due().await;
     let row = app.store.inbox_find("stripe", "evt_ns").await.unwrap().unwrap();
     assert_eq!((row.status, row.attempts), (InboxStatus::Waiting, 2));
-    assert!(row.next_attempt_at.unwrap() > t0() + 61 + 60, "the delay grows");
+    assert!(row.next_attempt_at.unwrap() > at(t0() + 61 + 60), "the delay grows");
     // Past the horizon: failed, with the reason, and event.failed goes out.
-    app.clock.set(t0() + 4_000);
+    app.clock.set(at(t0() + 4_000));
     app.retry_due().await;
     for (source, id) in [("stripe", "evt_ns"), ("queue", "buy_never")] {
         let (status, detail) = status_of(&app, source, id).await;

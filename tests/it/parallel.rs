@@ -3,15 +3,16 @@
 //! batches without a refused one failing the others, two instances batching the same accounts do not
 //! deadlock, and a key revoked on one instance stops working on the other within seconds.
 
+use crate::common::at;
 use crate::common::stripe::{event, payment_intent};
 use crate::common::{TestApp, spawn_app, spawn_app_with};
-use billing_worker::ledger::{Op, Source, Ts};
+use billing_worker::ledger::{Op, Source};
 use billing_worker::store::{OnMissing, Request, Store, StoreError};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-fn t0() -> Ts {
-    billing_worker::time::parse_rfc3339("2026-03-01T00:00:00Z").unwrap()
+fn t0() -> i64 {
+    (billing_worker::time::parse_rfc3339("2026-03-01T00:00:00Z").unwrap()).secs()
 }
 
 fn debit_body(key: &str) -> Value {
@@ -106,7 +107,7 @@ async fn a_key_revoked_on_one_instance_is_refused_on_the_other_within_seconds() 
     let key = a.key("service").await;
     assert_eq!(b.call("GET", "/v1/accounts/acc/balance", Some(&key), None).await.0, 200, "known on b (kept in memory)");
     let id = key.split('_').nth(1).unwrap();
-    assert!(a.store.revoke_key(id, t0()).await.unwrap());
+    assert!(a.store.revoke_key(id, at(t0())).await.unwrap());
     assert_eq!(a.call("GET", "/v1/accounts/acc/balance", Some(&key), None).await.0, 401, "at once where revoked");
     let revoked = Instant::now();
     while b.call("GET", "/v1/accounts/acc/balance", Some(&key), None).await.0 != 401 {
@@ -185,8 +186,14 @@ async fn an_account_first_named_by_webhooks_on_two_instances_at_once_is_created_
 
 async fn concurrent_changes_share_batches_and_a_refusal_fails_no_other(store: Store) {
     let grant = Op::Grant { lot_id: "g".into(), source: Source::Adjustment, credits: 32 };
-    let req =
-        |op: Op, on_missing| Request { account: "acc".into(), op, cause: "t".into(), key: None, on_missing, now: t0() };
+    let req = |op: Op, on_missing| Request {
+        account: "acc".into(),
+        op,
+        cause: "t".into(),
+        key: None,
+        on_missing,
+        now: at(t0()),
+    };
     store.execute(req(grant, OnMissing::Create)).await.unwrap();
     let (batches_before, jobs_before) = store.write_stats();
     // Queued together: 64 debits of one credit on 32 credits.
@@ -212,7 +219,7 @@ async fn concurrent_changes_share_batches_and_a_refusal_fails_no_other(store: St
         "changes queued together commit together ({} batches)",
         batches - batches_before
     );
-    assert_eq!(store.account("acc", t0()).await.unwrap().balance, 0);
+    assert_eq!(store.account("acc", at(t0())).await.unwrap().balance, 0);
     let entries = store.entries("acc", 0, 1000).await.unwrap();
     assert_eq!(entries.iter().filter(|e| e.kind == "debit").count(), 32, "a refused debit leaves no entry");
 }

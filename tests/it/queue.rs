@@ -2,7 +2,7 @@
 
 use crate::common::amqp::*;
 use crate::common::{TestApp, spawn_app_with};
-use billing_worker::ledger::Ts;
+
 use billing_worker::store::{InboxFilter, InboxStatus};
 use billing_worker::time::parse_rfc3339;
 use lapin::options::*;
@@ -10,8 +10,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde_json::json;
 use std::time::Duration;
 
-fn t0() -> Ts {
-    parse_rfc3339("2026-09-01T00:00:00Z").unwrap()
+fn t0() -> i64 {
+    (parse_rfc3339("2026-09-01T00:00:00Z").unwrap()).secs()
 }
 
 async fn status_of(app: &TestApp, id: &str) -> Option<InboxStatus> {

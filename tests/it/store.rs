@@ -1,22 +1,23 @@
 //! The storage test suite, run against SQLite and PostgreSQL alike (a fresh database per test).
 
-use billing_worker::ledger::{Account, Op, PlanTerms, RuleError, Source, Ts};
+use crate::common::{at, cr};
+use billing_worker::ledger::{Account, Op, PlanTerms, RuleError, Source, UnixTime};
 use billing_worker::store::{IdempotencyKey, OnMissing, Outcome, Request, Store, StoreError};
 use billing_worker::time::{add_months, parse_rfc3339};
 
-fn t(s: &str) -> Ts {
+fn t(s: &str) -> UnixTime {
     parse_rfc3339(s).unwrap()
 }
 
 fn basic() -> PlanTerms {
-    PlanTerms { plan: "basic".into(), monthly: 20, cap: 40 }
+    PlanTerms { plan: "basic".into(), monthly: cr(20), cap: cr(40) }
 }
 
-fn req(account: &str, op: Op, now: Ts) -> Request {
+fn req(account: &str, op: Op, now: UnixTime) -> Request {
     Request { account: account.into(), op, cause: "test".into(), key: None, on_missing: OnMissing::Create, now }
 }
 
-fn debit(account: &str, key: &str, credits: i64, now: Ts) -> Request {
+fn debit(account: &str, key: &str, credits: i64, now: UnixTime) -> Request {
     let op = Op::Debit { key: key.into(), credits, user_id: Some("u".into()), operation: Some("chat.message".into()) };
     Request {
         key: Some(IdempotencyKey { key: format!("debit:{key}"), fingerprint: format!("{credits}") }),
@@ -26,17 +27,17 @@ fn debit(account: &str, key: &str, credits: i64, now: Ts) -> Request {
     }
 }
 
-async fn grant(store: &Store, account: &str, lot: &str, credits: i64, now: Ts) {
+async fn grant(store: &Store, account: &str, lot: &str, credits: i64, now: UnixTime) {
     let op = Op::Grant { lot_id: lot.into(), source: Source::Package, credits };
     store.execute(req(account, op, now)).await.unwrap();
 }
 
 async fn concurrent_debits_never_overspend(store: Store) {
-    grant(&store, "acc", "pi_10", 10, 0).await;
+    grant(&store, "acc", "pi_10", 10, at(0)).await;
     let mut tasks = Vec::new();
     for i in 0..32 {
         let s = store.clone();
-        tasks.push(tokio::spawn(async move { s.execute(debit("acc", &format!("k{i}"), 1, 10)).await }));
+        tasks.push(tokio::spawn(async move { s.execute(debit("acc", &format!("k{i}"), 1, at(10))).await }));
     }
     let mut ok = 0;
     for t in tasks {
@@ -47,7 +48,7 @@ async fn concurrent_debits_never_overspend(store: Store) {
         }
     }
     assert_eq!(ok, 10);
-    let v = store.account("acc", 20).await.unwrap();
+    let v = store.account("acc", at(20)).await.unwrap();
     assert_eq!(v.balance, 0);
     let entries = store.entries("acc", 0, 1000).await.unwrap();
     assert_eq!(entries.iter().filter(|e| e.kind == "debit").count(), 10);
@@ -55,32 +56,35 @@ async fn concurrent_debits_never_overspend(store: Store) {
 }
 
 async fn a_repeated_key_returns_the_first_answer(store: Store) {
-    grant(&store, "acc", "pi_1", 10, 0).await;
-    let first = store.execute(debit("acc", "same", 3, 1)).await.unwrap();
-    assert_eq!(first, Outcome::Applied(billing_worker::ledger::Applied { credits: 3, balance: 7 }));
-    let again = store.execute(debit("acc", "same", 3, 2)).await.unwrap();
+    grant(&store, "acc", "pi_1", 10, at(0)).await;
+    let first = store.execute(debit("acc", "same", 3, at(1))).await.unwrap();
+    assert_eq!(first, Outcome::Applied(billing_worker::ledger::Applied { credits: 3, balance: cr(7) }));
+    let again = store.execute(debit("acc", "same", 3, at(2))).await.unwrap();
     assert_eq!(again, Outcome::Duplicate(first.applied().clone()));
-    let other = store.execute(debit("acc", "same", 4, 3)).await;
+    let other = store.execute(debit("acc", "same", 4, at(3))).await;
     assert!(matches!(other, Err(StoreError::KeyConflict(_))), "{other:?}");
-    assert_eq!(store.account("acc", 4).await.unwrap().balance, 7);
+    assert_eq!(store.account("acc", at(4)).await.unwrap().balance, 7);
     assert_eq!(store.entries("acc", 0, 100).await.unwrap().len(), 2, "one grant, one debit");
 }
 
 async fn unknown_accounts_are_refused_and_not_created(store: Store) {
-    let r = store.execute(debit("ghost", "k", 1, 0)).await;
+    let r = store.execute(debit("ghost", "k", 1, at(0))).await;
     assert!(matches!(r, Err(StoreError::UnknownAccount(ref a)) if a == "ghost"), "{r:?}");
-    assert!(matches!(store.account("ghost", 0).await, Err(StoreError::UnknownAccount(_))));
+    assert!(matches!(store.account("ghost", at(0)).await, Err(StoreError::UnknownAccount(_))));
 }
 
 async fn refused_debits_change_nothing(store: Store) {
-    grant(&store, "acc", "pi_1", 5, 0).await;
-    let r = store.execute(debit("acc", "big", 6, 1)).await;
-    assert!(matches!(r, Err(StoreError::Rule(RuleError::Insufficient { balance: 5, needed: 6 }))), "{r:?}");
-    assert_eq!(store.account("acc", 2).await.unwrap().balance, 5);
+    grant(&store, "acc", "pi_1", 5, at(0)).await;
+    let r = store.execute(debit("acc", "big", 6, at(1))).await;
+    assert!(
+        matches!(r, Err(StoreError::Rule(RuleError::Insufficient { balance, needed })) if balance == 5 && needed == 6),
+        "{r:?}"
+    );
+    assert_eq!(store.account("acc", at(2)).await.unwrap().balance, 5);
     assert_eq!(store.entries("acc", 0, 100).await.unwrap().len(), 1);
     // The key was not used up by the refusal: the same request succeeds once it can.
-    grant(&store, "acc", "pi_2", 5, 3).await;
-    assert!(matches!(store.execute(debit("acc", "big", 6, 4)).await, Ok(Outcome::Applied(_))));
+    grant(&store, "acc", "pi_2", 5, at(3)).await;
+    assert!(matches!(store.execute(debit("acc", "big", 6, at(4))).await, Ok(Outcome::Applied(_))));
 }
 
 async fn reads_apply_due_cycle_work(store: Store) {
@@ -122,48 +126,48 @@ async fn tick_applies_due_work_for_all_accounts(store: Store) {
 }
 
 async fn holds_and_refunds_reach_spent_lots(store: Store) {
-    grant(&store, "acc", "pi_pkg", 10, 0).await;
-    let hold = Op::HoldCreate { id: "h1".into(), credits: 10, deadline: 1000, user_id: None, operation: None };
-    store.execute(req("acc", hold, 1)).await.unwrap();
+    grant(&store, "acc", "pi_pkg", 10, at(0)).await;
+    let hold = Op::HoldCreate { id: "h1".into(), credits: 10, deadline: at(1000), user_id: None, operation: None };
+    store.execute(req("acc", hold, at(1))).await.unwrap();
     // The lot now has 0 left; the hold must still find it to give the credits back.
-    store.execute(req("acc", Op::HoldCapture { id: "h1".into(), credits: 6 }, 2)).await.unwrap();
-    let v = store.account("acc", 3).await.unwrap();
-    assert_eq!((v.balance, v.held), (4, 0));
-    store.execute(req("acc", Op::Refund { payment: "pi_pkg".into(), refunded: 100, total: 100 }, 4)).await.unwrap();
+    store.execute(req("acc", Op::HoldCapture { id: "h1".into(), credits: 6 }, at(2))).await.unwrap();
+    let v = store.account("acc", at(3)).await.unwrap();
+    assert_eq!((v.balance, v.held), (cr(4), cr(0)));
+    store.execute(req("acc", Op::Refund { payment: "pi_pkg".into(), refunded: 100, total: 100 }, at(4))).await.unwrap();
     let entries = store.entries("acc", 0, 100).await.unwrap();
     let sf = entries.iter().find(|e| e.kind == "shortfall").expect("shortfall recorded");
     assert_eq!(sf.shortfall, 6);
-    assert_eq!(store.account("acc", 5).await.unwrap().balance, 0);
+    assert_eq!(store.account("acc", at(5)).await.unwrap().balance, 0);
     // A package grant for a payment already granted (and spent) is not granted again.
-    grant(&store, "acc", "pi_pkg", 10, 6).await;
-    assert_eq!(store.account("acc", 7).await.unwrap().balance, 0);
+    grant(&store, "acc", "pi_pkg", 10, at(6)).await;
+    assert_eq!(store.account("acc", at(7)).await.unwrap().balance, 0);
     // A hold past its deadline is released by the next read.
-    grant(&store, "acc", "pi_2", 3, 8).await;
-    let hold = Op::HoldCreate { id: "h2".into(), credits: 3, deadline: 50, user_id: None, operation: None };
-    store.execute(req("acc", hold, 9)).await.unwrap();
-    assert_eq!(store.account("acc", 10).await.unwrap().held, 3);
-    let v = store.account("acc", 51).await.unwrap();
-    assert_eq!((v.balance, v.held), (3, 0));
+    grant(&store, "acc", "pi_2", 3, at(8)).await;
+    let hold = Op::HoldCreate { id: "h2".into(), credits: 3, deadline: at(50), user_id: None, operation: None };
+    store.execute(req("acc", hold, at(9))).await.unwrap();
+    assert_eq!(store.account("acc", at(10)).await.unwrap().held, 3);
+    let v = store.account("acc", at(51)).await.unwrap();
+    assert_eq!((v.balance, v.held), (cr(3), cr(0)));
 }
 
 async fn team_members_are_kept_and_checked(store: Store) {
-    grant(&store, "team", "pi", 10, 0).await;
+    grant(&store, "team", "pi", 10, at(0)).await;
     for u in ["ann", "bob"] {
-        store.execute(req("team", Op::AddMember { user_id: u.into(), seats: Some(2) }, 1)).await.unwrap();
+        store.execute(req("team", Op::AddMember { user_id: u.into(), seats: Some(2) }, at(1))).await.unwrap();
     }
-    let third = store.execute(req("team", Op::AddMember { user_id: "cy".into(), seats: Some(2) }, 2)).await;
+    let third = store.execute(req("team", Op::AddMember { user_id: "cy".into(), seats: Some(2) }, at(2))).await;
     assert!(matches!(third, Err(StoreError::Rule(RuleError::SeatLimit { seats: 2 }))), "{third:?}");
     let op = Op::Debit { key: "k1".into(), credits: 1, user_id: Some("cy".into()), operation: None };
     let r = store
         .execute(Request {
             key: Some(IdempotencyKey { key: "k1".into(), fingerprint: "1".into() }),
-            ..req("team", op, 3)
+            ..req("team", op, at(3))
         })
         .await;
     assert!(matches!(r, Err(StoreError::Rule(RuleError::NotAMember(_)))), "{r:?}");
-    store.execute(req("team", Op::RemoveMember { user_id: "bob".into() }, 4)).await.unwrap();
-    let v = store.account("team", 5).await.unwrap();
-    assert_eq!((v.members, v.balance), (vec!["ann".to_string()], 10));
+    store.execute(req("team", Op::RemoveMember { user_id: "bob".into() }, at(4))).await.unwrap();
+    let v = store.account("team", at(5)).await.unwrap();
+    assert_eq!((v.members, v.balance), (vec!["ann".to_string()], cr(10)));
 }
 
 async fn migrate_is_idempotent(store: Store) {
@@ -182,7 +186,7 @@ impl Rng {
     }
 }
 
-fn random_op(rng: &mut Rng, now: &mut Ts, anchor: Ts, i: usize, acc: &str) -> (Op, Option<String>) {
+fn random_op(rng: &mut Rng, now: &mut UnixTime, anchor: UnixTime, i: usize, acc: &str) -> (Op, Option<String>) {
     match rng.next(9) {
         0 => {
             *now += (1 + rng.next(20) as i64) * 86_400;
@@ -190,7 +194,7 @@ fn random_op(rng: &mut Rng, now: &mut Ts, anchor: Ts, i: usize, acc: &str) -> (O
         }
         1 => (
             Op::Grant {
-                lot_id: format!("pi_{acc}_{}", rng.next(3)),
+                lot_id: format!("pi_{acc}_{}", rng.next(3)).into(),
                 source: Source::Package,
                 credits: 1 + rng.next(40) as i64,
             },
@@ -212,7 +216,7 @@ fn random_op(rng: &mut Rng, now: &mut Ts, anchor: Ts, i: usize, acc: &str) -> (O
         }
         5 => (
             Op::HoldCreate {
-                id: format!("h{}", rng.next(3)),
+                id: format!("h{}", rng.next(3)).into(),
                 credits: 1 + rng.next(10) as i64,
                 deadline: *now + 86_400,
                 user_id: None,
@@ -220,9 +224,13 @@ fn random_op(rng: &mut Rng, now: &mut Ts, anchor: Ts, i: usize, acc: &str) -> (O
             },
             None,
         ),
-        6 => (Op::HoldCapture { id: format!("h{}", rng.next(3)), credits: rng.next(6) as i64 }, None),
+        6 => (Op::HoldCapture { id: format!("h{}", rng.next(3)).into(), credits: rng.next(6) as i64 }, None),
         7 => (
-            Op::Refund { payment: format!("pi_{acc}_{}", rng.next(3)), refunded: rng.next(101) as i64, total: 100 },
+            Op::Refund {
+                payment: format!("pi_{acc}_{}", rng.next(3)).into(),
+                refunded: rng.next(101) as i64,
+                total: 100,
+            },
             None,
         ),
         _ => {
@@ -290,7 +298,11 @@ async fn store_matches_the_rules_and_repeats_change_nothing(store: Store) {
         assert_eq!(v.lots, open, "seed {seed}");
         let entries = store.entries(&acc, 0, 10_000).await.unwrap();
         assert_eq!(entries.len(), model.entries.len(), "seed {seed}");
-        assert_eq!(entries.iter().map(|e| e.amount).sum::<i64>(), v.balance, "seed {seed}: balance = sum of entries");
+        assert_eq!(
+            entries.iter().map(|e| e.amount).sum::<i64>(),
+            v.balance.get(),
+            "seed {seed}: balance = sum of entries"
+        );
     }
 }
 

@@ -1,23 +1,24 @@
 //! Stripe does not keep order: a subscription's events delivered in many seeded random orders end in the same
 //! ledger as the in-order run.
 
+use crate::common::at;
 use crate::common::spawn_app;
 use crate::common::stripe::{Line, Shape, Sub, charge, checkout, event, invoice, price, subscription};
-use billing_worker::ledger::Ts;
+
 use billing_worker::time::{add_months, parse_rfc3339};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 const DAY: i64 = 86_400;
 
-fn t0() -> Ts {
-    parse_rfc3339("2026-04-30T08:00:00Z").unwrap()
+fn t0() -> i64 {
+    (parse_rfc3339("2026-04-30T08:00:00Z").unwrap()).secs()
 }
-fn month(k: i64) -> Ts {
-    add_months(t0(), k)
+fn month(k: i64) -> i64 {
+    add_months(at(t0()), k).secs()
 }
 
-fn sub(kind: &str, id: &str, created: Ts, price: Value, period: (Ts, Ts)) -> String {
+fn sub(kind: &str, id: &str, created: i64, price: Value, period: (i64, i64)) -> String {
     let s = Sub {
         id: "sub_o",
         customer: "cus_o",
@@ -33,7 +34,7 @@ fn sub(kind: &str, id: &str, created: Ts, price: Value, period: (Ts, Ts)) -> Str
     event(id, kind, created, subscription(&s, Shape::New))
 }
 
-fn paid(id: &str, reason: &str, lines: &[Line], created: Ts) -> String {
+fn paid(id: &str, reason: &str, lines: &[Line], created: i64) -> String {
     event(id, "invoice.paid", created, invoice(&format!("in_{id}"), "sub_o", "cus_o", reason, lines, Shape::New))
 }
 
@@ -107,7 +108,7 @@ async fn run(backend: &str, events: &[String]) -> Ledger {
     entries.sort();
     let mut by_source = BTreeMap::new();
     for l in &v.lots {
-        *by_source.entry(l.source.as_str().to_string()).or_insert(0) += l.remaining;
+        *by_source.entry(l.source.as_str().to_string()).or_insert(0) += l.remaining.get();
     }
     let waiting = app
         .store
@@ -120,9 +121,9 @@ async fn run(backend: &str, events: &[String]) -> Ledger {
     assert_eq!(waiting, 0, "every event ends applied");
     app.shutdown().await;
     Ledger {
-        balance: v.balance,
+        balance: v.balance.get(),
         plan: v.plan,
-        lots: v.lots.iter().map(|l| (l.id.clone(), (l.amount, l.remaining))).collect(),
+        lots: v.lots.iter().map(|l| (l.id.to_string(), (l.amount.get(), l.remaining.get()))).collect(),
         by_source,
         entries,
     }

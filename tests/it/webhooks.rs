@@ -3,15 +3,16 @@
 
 use crate::common::stripe::{Line, Shape, Sub, charge, checkout, event, invoice, payment_intent, price, subscription};
 use crate::common::{TestApp, spawn_app};
-use billing_worker::ledger::{Op, Ts};
+use crate::common::{at, cr};
+use billing_worker::ledger::Op;
 use billing_worker::store::{IdempotencyKey, OnMissing, Request, StoreError};
 use billing_worker::time::{add_months, parse_rfc3339};
 use serde_json::{Value, json};
 
 const DAY: i64 = 86_400;
 
-fn t0() -> Ts {
-    parse_rfc3339("2026-01-15T10:00:00Z").unwrap()
+fn t0() -> i64 {
+    (parse_rfc3339("2026-01-15T10:00:00Z").unwrap()).secs()
 }
 
 fn basic_price() -> Value {
@@ -50,8 +51,8 @@ fn paid(id: &str, reason: &str, price: &str, period: (i64, i64), shape: Shape) -
     event(id, "invoice.paid", period.0, invoice(&format!("in_{id}"), "sub_1", "cus_1", reason, &[line], shape))
 }
 
-fn month(k: i64) -> Ts {
-    add_months(t0(), k)
+fn month(k: i64) -> i64 {
+    add_months(at(t0()), k).secs()
 }
 
 /// A Basic monthly subscription anchored at t0, created and its first invoice paid: 20 credits.
@@ -99,9 +100,9 @@ async fn basic_monthly_over_13_renewals(backend: &str, shape: Shape) {
     assert_eq!(app.balance("acc_1").await, 20);
     let mut seen = vec![];
     for k in 1..=13 {
-        app.clock.set(month(k - 1) + 10 * DAY);
+        app.clock.set(at(month(k - 1) + 10 * DAY));
         debit(&app, "acc_1", &format!("d{k}"), 5).await;
-        app.clock.set(month(k) + 60);
+        app.clock.set(at(month(k) + 60));
         let upd = sub_event(
             &format!("evt_u{k}"),
             "customer.subscription.updated",
@@ -125,7 +126,7 @@ async fn basic_monthly_over_13_renewals(backend: &str, shape: Shape) {
     // 15 + 20; 30 + 20; 45 cut to 40 + 20; from then on 55 cut to 40 + 20.
     assert_eq!(seen, vec![35, 50, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60, 60]);
     let v = app.store.account("acc_1", app.clock.now()).await.unwrap();
-    assert_eq!((v.plan.as_str(), v.cycle), ("basic", Some((month(13), month(14)))));
+    assert_eq!((v.plan.as_str(), v.cycle), ("basic", Some((at(month(13)), at(month(14))))));
     app.shutdown().await;
 }
 
@@ -153,11 +154,18 @@ async fn yearly_pro_events_three_months_late_allocate_every_month() {
         t0(),
         pro_y,
         t0(),
-        (t0(), add_months(t0(), 12)),
+        (t0(), add_months(at(t0()), 12).secs()),
         Shape::New,
     ))
     .await;
-    app.deliver(&paid("evt_p", "subscription_create", "price_pro_y", (t0(), add_months(t0(), 12)), Shape::New)).await;
+    app.deliver(&paid(
+        "evt_p",
+        "subscription_create",
+        "price_pro_y",
+        (t0(), add_months(at(t0()), 12).secs()),
+        Shape::New,
+    ))
+    .await;
     // 50, 100, 150 cut to the cap of 100, + 50.
     assert_eq!(app.balance("acc_1").await, 150);
     let entries = app.store.entries("acc_1", 0, 100).await.unwrap();
@@ -165,7 +173,7 @@ async fn yearly_pro_events_three_months_late_allocate_every_month() {
     let months: Vec<String> = (0..4).map(|k| format!("alloc:sub_1:{}", month(k))).collect();
     assert_eq!(grants, months, "one allocation for each month in between");
     assert_eq!(entries.iter().filter(|e| e.kind == "expire").map(|e| e.amount).sum::<i64>(), -50);
-    app.clock.set(month(5) + 1);
+    app.clock.set(at(month(5) + 1));
     assert_eq!(app.balance("acc_1").await, 150, "and on, every month of the paid year");
     app.shutdown().await;
 }
@@ -175,7 +183,7 @@ async fn upgrade_basic_to_pro_mid_cycle() {
     let app = spawn_app("sqlite", t0()).await;
     start_basic(&app, Shape::New).await;
     let mid = t0() + 10 * DAY;
-    app.clock.set(mid);
+    app.clock.set(at(mid));
     app.deliver(&sub_event(
         "evt_u",
         "customer.subscription.updated",
@@ -201,10 +209,10 @@ async fn upgrade_basic_to_pro_mid_cycle() {
     assert_eq!(app.balance("acc_1").await, 50, "20 + the difference of 30");
     app.deliver(&up).await;
     assert_eq!(app.balance("acc_1").await, 50);
-    app.clock.set(month(1));
+    app.clock.set(at(month(1)));
     app.deliver(&paid("evt_p1", "subscription_cycle", "price_pro_m", (month(1), month(2)), Shape::New)).await;
-    let v = app.store.account("acc_1", month(1)).await.unwrap();
-    assert_eq!((v.plan.as_str(), v.balance), ("pro", 100));
+    let v = app.store.account("acc_1", at(month(1))).await.unwrap();
+    assert_eq!((v.plan.as_str(), v.balance), ("pro", cr(100)));
     app.shutdown().await;
 }
 
@@ -215,7 +223,7 @@ async fn cancellation_keeps_credits_to_the_end_of_the_paid_cycle() {
     let pi = payment_intent("pi_pkg", Some("cus_1"), json!({"credits_package": "credits_25", "account_id": "acc_1"}));
     app.deliver(&event("evt_pi", "payment_intent.succeeded", t0() + 60, pi)).await;
     let ended = t0() + 5 * DAY;
-    app.clock.set(ended);
+    app.clock.set(at(ended));
     let s = Sub {
         id: "sub_1",
         customer: "cus_1",
@@ -229,9 +237,9 @@ async fn cancellation_keeps_credits_to_the_end_of_the_paid_cycle() {
         ended_at: Some(ended),
     };
     app.deliver(&event("evt_d", "customer.subscription.deleted", ended, subscription(&s, Shape::New))).await;
-    let v = app.store.account("acc_1", ended).await.unwrap();
-    assert_eq!((v.plan.as_str(), v.balance, v.expiring_at_cycle_end), ("free", 45, 20));
-    app.clock.set(month(1));
+    let v = app.store.account("acc_1", at(ended)).await.unwrap();
+    assert_eq!((v.plan.as_str(), v.balance, v.expiring_at_cycle_end), ("free", cr(45), cr(20)));
+    app.clock.set(at(month(1)));
     assert_eq!(app.balance("acc_1").await, 25, "subscription credits expired; the package stays");
     app.shutdown().await;
 }
@@ -279,9 +287,15 @@ async fn a_trial_grants_its_allocation_once_its_zero_invoice_is_paid() {
     ))
     .await;
     assert_eq!(app.balance("acc_1").await, 20);
-    app.clock.set(anchor);
-    app.deliver(&paid("evt_p1", "subscription_cycle", "price_basic_m", (anchor, add_months(anchor, 1)), Shape::New))
-        .await;
+    app.clock.set(at(anchor));
+    app.deliver(&paid(
+        "evt_p1",
+        "subscription_cycle",
+        "price_basic_m",
+        (anchor, add_months(at(anchor), 1).secs()),
+        Shape::New,
+    ))
+    .await;
     assert_eq!(app.balance("acc_1").await, 40);
     app.shutdown().await;
 }
@@ -290,13 +304,13 @@ async fn a_trial_grants_its_allocation_once_its_zero_invoice_is_paid() {
 async fn a_failed_payment_grants_nothing_and_paying_later_grants_it() {
     let app = spawn_app("sqlite", t0()).await;
     start_basic(&app, Shape::New).await;
-    app.clock.set(month(1) + 60);
+    app.clock.set(at(month(1) + 60));
     let line = Line { price: "price_basic_m", period: (month(1), month(2)), proration: false, amount: 999 };
     let failed = invoice("in_f", "sub_1", "cus_1", "subscription_cycle", &[line], Shape::New);
     app.deliver(&event("evt_f", "invoice.payment_failed", month(1), failed)).await;
     let v = app.store.account("acc_1", app.clock.now()).await.unwrap();
-    assert_eq!((v.balance, v.subscriptions[0].status.as_str()), (20, "past_due"));
-    app.clock.set(month(1) + 3 * DAY);
+    assert_eq!((v.balance, v.subscriptions[0].status.as_str()), (cr(20), "past_due"));
+    app.clock.set(at(month(1) + 3 * DAY));
     app.deliver(&paid("evt_p1", "subscription_cycle", "price_basic_m", (month(1), month(2)), Shape::New)).await;
     assert_eq!(app.balance("acc_1").await, 40);
     app.shutdown().await;
@@ -368,7 +382,7 @@ async fn unknown_store_account_is_an_error_not_a_creation() {
             cause: "t".into(),
             key: None,
             on_missing: OnMissing::Refuse,
-            now: t0(),
+            now: at(t0()),
         })
         .await;
     assert!(matches!(r, Err(StoreError::UnknownAccount(_))));
@@ -392,7 +406,7 @@ async fn one_payment_told_by_two_events_resolved_to_two_accounts_grants_once() {
     );
     app.deliver(&event("evt_cs", "checkout.session.completed", t0() + 1, cs)).await;
     let cus = app.balance("cus_new").await;
-    let acct = app.store.account("acct_42", t0() + 2).await.map(|v| v.balance).unwrap_or(0);
+    let acct = app.store.account("acct_42", at(t0() + 2)).await.map(|v| v.balance.get()).unwrap_or(0);
     assert_eq!(cus + acct, 100, "granted once in all");
     app.shutdown().await;
 }

@@ -8,7 +8,7 @@ mod subscriptions;
 use super::event::{Envelope, Price, SubscriptionObject, has_nul, long_id};
 use crate::catalog::Catalog;
 use crate::inbox::Decision;
-use crate::ledger::{Op, RuleError, Ts};
+use crate::ledger::{Op, RuleError, UnixTime};
 use crate::store::{Batch, OnMissing, Request, StoreError};
 use serde::de::DeserializeOwned;
 use std::sync::Mutex;
@@ -54,7 +54,7 @@ pub struct Prefetched {
 
 pub struct Mapper<'a> {
     pub catalog: &'a Catalog,
-    pub now: Ts,
+    pub now: UnixTime,
     /// Facts learned whatever the event comes to (a price seen by a subscription event that fails).
     learned: Mutex<Vec<String>>,
 }
@@ -65,7 +65,7 @@ fn parse<T: DeserializeOwned>(env: &Envelope, what: &str) -> Result<T, Fail> {
 }
 
 impl<'a> Mapper<'a> {
-    pub fn new(catalog: &'a Catalog, now: Ts) -> Self {
+    pub fn new(catalog: &'a Catalog, now: UnixTime) -> Self {
         Mapper { catalog, now, learned: Mutex::new(Vec::new()) }
     }
 

@@ -58,8 +58,13 @@ impl Mapper<'_> {
         // A payment already granted (told by another event, maybe resolved to another account) is not granted
         // again: the grant goes to the account that has it, where it is a no-op.
         let account = b.payment_account(&payment).await?.unwrap_or(account);
-        self.apply(b, env, &account, vec![Op::Grant { lot_id: payment.clone(), source: Source::Package, credits }])
-            .await?;
+        self.apply(
+            b,
+            env,
+            &account,
+            vec![Op::Grant { lot_id: payment.as_str().into(), source: Source::Package, credits }],
+        )
+        .await?;
         Ok(Handled::Applied { account, facts: vec![format!("payment:{payment}")] })
     }
 
@@ -75,7 +80,7 @@ impl Mapper<'_> {
             return Err(Fail::Permanent(format!("payment intent {} names no account and no customer", pi.id)));
         };
         let account = b.payment_account(&pi.id).await?.unwrap_or(account);
-        let op = Op::Grant { lot_id: pi.id.clone(), source: Source::Package, credits: p.credits * quantity };
+        let op = Op::Grant { lot_id: pi.id.as_str().into(), source: Source::Package, credits: p.credits * quantity };
         self.apply(b, env, &account, vec![op]).await?;
         Ok(Handled::Applied { account, facts: vec![format!("payment:{}", pi.id)] })
     }
@@ -93,7 +98,7 @@ impl Mapper<'_> {
             if let Some(c) = ch.customer.as_ref() {
                 b.link_customer(&c.0, &account, OnMissing::CreateFromStripe, self.now, &cause(env)).await?;
             }
-            let op = Op::Refund { payment, refunded: ch.amount_refunded, total: ch.amount };
+            let op = Op::Refund { payment: payment.into(), refunded: ch.amount_refunded, total: ch.amount };
             self.apply(b, env, &account, vec![op]).await?;
             return Ok(Handled::Applied { account, facts: vec![] });
         }

@@ -2,7 +2,7 @@
 //! paid periods that grant allocations, upgrades, failed payments.
 
 use super::{Fail, Handled, Mapper, Prefetched, cause, parse, unmapped};
-use crate::ledger::{Op, Snapshot, Ts};
+use crate::ledger::{Op, Snapshot, UnixTime};
 use crate::store::{Batch, InvoiceFact, OnMissing};
 use crate::stripe::event::{Envelope, Invoice, Price, SubscriptionObject, meta};
 use crate::stripe::prices;
@@ -14,7 +14,7 @@ pub(super) fn version(env: &Envelope) -> i64 {
         "customer.subscription.updated" => 1,
         _ => 2,
     };
-    env.created.saturating_mul(4).saturating_add(rank)
+    env.created.secs().saturating_mul(4).saturating_add(rank)
 }
 
 impl Mapper<'_> {
@@ -53,7 +53,11 @@ impl Mapper<'_> {
         for t in [Some(anchor), sub.trial_start, sub.ended_at, sub.canceled_at, Some(env.created)].into_iter().flatten()
         {
             if !crate::time::plausible(t) {
-                return Err(Fail::Permanent(format!("subscription {}: timestamp {t} is out of range", sub.id)));
+                return Err(Fail::Permanent(format!(
+                    "subscription {}: timestamp {} is out of range",
+                    sub.id,
+                    t.secs()
+                )));
             }
         }
         // A first cycle before the anchor: a trial, or a prorated first period when the anchor lies ahead of the
@@ -129,7 +133,7 @@ impl Mapper<'_> {
         let reason = inv.billing_reason.as_deref().unwrap_or("");
         // The billing period the invoice pays: its non-proration lines (a renewal, a start, or a switch to
         // another interval that starts a new period).
-        let periods: Vec<(Ts, Ts)> =
+        let periods: Vec<(UnixTime, UnixTime)> =
             inv.lines().iter().filter(|l| !l.is_proration()).filter_map(|l| l.period()).collect();
         let paid = match (periods.iter().map(|p| p.0).min(), periods.iter().map(|p| p.1).max()) {
             (Some(s), Some(e)) if e > s => Some((s, e)),
@@ -162,13 +166,18 @@ impl Mapper<'_> {
             // The upgrade happened where its proration starts.
             let at = inv.lines().iter().filter_map(|l| l.period()).map(|p| p.0).min().unwrap_or(env.created);
             if !crate::time::plausible(at) {
-                return Err(Fail::Permanent(format!("invoice {}: time {at} is out of range", inv.id)));
+                return Err(Fail::Permanent(format!("invoice {}: time {} is out of range", inv.id, at.secs())));
             }
             ops.push(Op::Upgrade { subscription: sub.clone(), terms, at });
         }
         if let Some((start, end)) = paid {
             if !crate::time::plausible(start) || !crate::time::plausible(end) {
-                return Err(Fail::Permanent(format!("invoice {}: period {start}..{end} is out of range", inv.id)));
+                return Err(Fail::Permanent(format!(
+                    "invoice {}: period {}..{} is out of range",
+                    inv.id,
+                    start.secs(),
+                    end.secs()
+                )));
             }
             ops.push(Op::Paid { subscription: sub.clone(), start, end });
         }
@@ -198,7 +207,7 @@ impl Mapper<'_> {
             Err(wait) => return Ok(wait),
         };
         // Ordered like the subscription's snapshots: a newer status learned from a later event stands.
-        let version = Some(env.created.saturating_mul(4).saturating_add(1));
+        let version = Some(env.created.secs().saturating_mul(4).saturating_add(1));
         let op = Op::SubscriptionStatus { subscription: sub, status: "past_due".into(), version };
         self.apply(b, env, &account, vec![op]).await?;
         Ok(Handled::Applied { account, facts: vec![] })

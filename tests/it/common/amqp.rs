@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use super::{TestApp, spawn_app_with};
-use billing_worker::ledger::Ts;
+
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -18,7 +18,7 @@ pub fn prefix() -> String {
     format!("t{}_{}", std::process::id(), n % 1_000_000_000)
 }
 
-pub async fn app(backend: &str, prefix: &str, t0: Ts) -> TestApp {
+pub async fn app(backend: &str, prefix: &str, t0: i64) -> TestApp {
     spawn_app_with(
         backend,
         t0,
@@ -75,7 +75,7 @@ pub async fn eventually<F: std::future::Future<Output = bool>>(what: &str, secs:
 }
 
 pub async fn balance(app: &TestApp, account: &str) -> Option<i64> {
-    app.store.account(account, app.clock.now()).await.ok().map(|v| v.balance)
+    app.store.account(account, app.clock.now()).await.ok().map(|v| v.balance.get())
 }
 
 /// Bind a durable queue to the events exchange and collect (account, event id) in arrival order.

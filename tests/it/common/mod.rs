@@ -70,7 +70,7 @@ pub mod stripe;
 use billing_worker::clock::Clock;
 use billing_worker::config::Config;
 use billing_worker::serve::{Running, start};
-use billing_worker::time::Ts;
+
 use std::collections::HashMap;
 
 pub const SECRET: &str = "whsec_test_secret";
@@ -92,12 +92,12 @@ pub struct TestApp {
     running: Option<Running>,
 }
 
-pub async fn spawn_app(backend: &str, t0: Ts) -> TestApp {
+pub async fn spawn_app(backend: &str, t0: i64) -> TestApp {
     spawn_app_with(backend, t0, &[]).await
 }
 
 /// `extra` environment variables override the defaults (a catalog file, the API base, ...).
-pub async fn spawn_app_with(backend: &str, t0: Ts, extra: &[(&str, &str)]) -> TestApp {
+pub async fn spawn_app_with(backend: &str, t0: i64, extra: &[(&str, &str)]) -> TestApp {
     if std::env::var("BW_TEST_LOG").is_ok() {
         let _ = tracing_subscriber::fmt().with_test_writer().with_max_level(tracing::Level::DEBUG).try_init();
     }
@@ -111,7 +111,7 @@ pub async fn spawn_app_with(backend: &str, t0: Ts, extra: &[(&str, &str)]) -> Te
         vars.insert(k.to_string(), v.to_string());
     }
     let config = Config::from_lookup(|k| vars.get(k).cloned()).unwrap();
-    let clock = Clock::manual(t0);
+    let clock = Clock::manual(at(t0));
     let running = start(config, clock.clone()).await.unwrap();
     TestApp {
         broker: running.broker.clone(),
@@ -127,7 +127,7 @@ pub async fn spawn_app_with(backend: &str, t0: Ts, extra: &[(&str, &str)]) -> Te
 impl TestApp {
     /// POST a webhook body signed now with the test secret.
     pub async fn webhook(&self, body: &str) -> reqwest::Response {
-        let sig = stripe::signature(SECRET, self.clock.now(), body);
+        let sig = stripe::signature(SECRET, self.clock.now().secs(), body);
         self.webhook_raw(body.as_bytes().to_vec(), Some(&sig)).await
     }
 
@@ -153,7 +153,7 @@ impl TestApp {
     }
 
     pub async fn balance(&self, account: &str) -> i64 {
-        self.store.account(account, self.clock.now()).await.unwrap().balance
+        (self.store.account(account, self.clock.now()).await.unwrap().balance).get()
     }
 
     /// The worker's state (its intake, commander, store).
@@ -213,9 +213,19 @@ impl TestApp {
 
     /// Give an account `credits` through an admin adjustment.
     pub async fn grant(&self, admin: &str, account: &str, credits: i64) {
-        let body = serde_json::json!({"credits": credits, "reason": "test", "idempotency_key": format!("grant-{account}-{credits}-{}", self.clock.now())});
+        let body = serde_json::json!({"credits": credits, "reason": "test", "idempotency_key": format!("grant-{account}-{credits}-{}", self.clock.now().secs())});
         let (s, b) =
             self.call("POST", &format!("/v1/admin/accounts/{account}/adjustments"), Some(admin), Some(body)).await;
         assert_eq!(s, 201, "{b}");
     }
+}
+
+/// An instant by its seconds.
+pub fn at(secs: i64) -> billing_worker::time::UnixTime {
+    billing_worker::time::UnixTime::from_secs(secs)
+}
+
+/// A count of credits.
+pub fn cr(n: i64) -> billing_worker::ledger::Credits {
+    billing_worker::ledger::Credits::new(n).unwrap()
 }
