@@ -87,7 +87,8 @@ impl Registry {
         self.inc("billing_write_batch_jobs_total", "Changes committed in write batches", vec![], jobs as f64);
     }
 
-    /// Ledger entries written, by kind, and the credits they moved.
+    /// Ledger entries written, by kind, and the credits they moved: added to balances and taken out of them as
+    /// two counters, so each only ever goes up (Prometheus' `rate` reads a drop as a restart).
     pub fn entry(&self, kind: &str, amount: i64) {
         self.inc(
             "billing_ledger_entries_total",
@@ -95,12 +96,18 @@ impl Registry {
             vec![("kind", kind.to_owned())],
             1.0,
         );
-        self.inc(
-            "billing_ledger_credits_total",
-            "Balance change of ledger entries, by kind and sign",
-            vec![("kind", kind.to_owned())],
-            amount as f64,
-        );
+        if amount > 0 {
+            let help = "Credits added to balances by ledger entries, by kind";
+            self.inc("billing_credits_granted_total", help, vec![("kind", kind.to_owned())], amount as f64);
+        } else if amount < 0 {
+            let help = "Credits taken out of balances by ledger entries, by kind";
+            self.inc(
+                "billing_credits_removed_total",
+                help,
+                vec![("kind", kind.to_owned())],
+                amount.unsigned_abs() as f64,
+            );
+        }
     }
 
     /// The Prometheus text exposition, with `extra` gauge lines appended.
@@ -170,5 +177,19 @@ mod tests {
         assert!(text.contains("billing_http_request_duration_seconds_count{route=\"/v1/quote\"} 2"));
         assert!(text.contains("billing_debited_credits_total 4"));
         assert!(text.contains("billing_outbox_lag_seconds 0"));
+    }
+
+    #[test]
+    fn credit_counters_only_go_up() {
+        let r = Registry::default();
+        r.entry("grant", 20);
+        r.entry("debit", -5);
+        r.entry("debit", -3);
+        r.entry("shortfall", 0);
+        let text = r.render(&[]);
+        assert!(text.contains("billing_credits_granted_total{kind=\"grant\"} 20"), "{text}");
+        assert!(text.contains("billing_credits_removed_total{kind=\"debit\"} 8"), "{text}");
+        assert!(text.contains("billing_ledger_entries_total{kind=\"shortfall\"} 1"), "{text}");
+        assert!(!text.contains(" -"), "no counter holds a negative value: {text}");
     }
 }

@@ -17,8 +17,11 @@ pub struct Health {
 pub struct Ready {
     /// `up` or `down`.
     pub database: String,
-    /// `up`, `down`, or `none` without a broker.
+    /// `up`, `down`, or `none` without a broker. Reported, not judged: HTTP works without the broker (events
+    /// wait in the outbox), so a broker outage is an alert, not a reason to take the instance out of service.
     pub broker: String,
+    /// Seconds since the oldest event not yet published was written (0 when none).
+    pub outbox_lag_seconds: f64,
 }
 
 #[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
@@ -30,9 +33,13 @@ pub async fn healthz() -> Json<Health> {
 pub async fn readyz(State(app): State<AppState>) -> Response {
     let database = app.store.ping().await;
     let broker = app.broker_status();
-    let ok = database && broker != "down";
-    let body = Json(Ready { database: if database { "up" } else { "down" }.into(), broker: broker.into() });
-    if ok { body.into_response() } else { (StatusCode::SERVICE_UNAVAILABLE, body).into_response() }
+    let lag = if database { app.outbox_lag().await } else { 0.0 };
+    let body = Json(Ready {
+        database: if database { "up" } else { "down" }.into(),
+        broker: broker.into(),
+        outbox_lag_seconds: lag,
+    });
+    if database { body.into_response() } else { (StatusCode::SERVICE_UNAVAILABLE, body).into_response() }
 }
 
 #[utoipa::path(get, path = "/metrics", responses((status = 200, body = String, content_type = "text/plain")))]

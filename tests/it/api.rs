@@ -511,3 +511,22 @@ fn the_openapi_document_is_the_one_in_docs() {
     let kept = std::fs::read_to_string(&path).unwrap();
     assert!(kept == now, "the OpenAPI document changed; see docs/openapi.json and this test's comment");
 }
+
+/// Readiness follows the database only: without a broker (or with one down) the instance still serves debits,
+/// so it stays in service; the body says what the broker does and how far the outbox is behind.
+#[tokio::test]
+async fn readiness_reports_the_broker_and_the_outbox_lag() {
+    let (app, admin, _) = setup().await;
+    let (s, body) = app.call("GET", "/readyz", None, None).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!((body["database"].as_str(), body["broker"].as_str()), (Some("up"), Some("none")));
+    assert_eq!(body["outbox_lag_seconds"], 0.0, "nothing waits to be published yet");
+    // A change writes an outbox event; with no broker it stays unpublished and its age shows.
+    on_plan(&app, "acc_ready", "basic", 20).await;
+    app.grant(&admin, "acc_ready", 10).await;
+    app.clock.set(at(t0() + 30));
+    let (s, body) = app.call("GET", "/readyz", None, None).await;
+    assert_eq!(s, 200, "no broker is no reason to leave the service: {body}");
+    assert_eq!(body["outbox_lag_seconds"], 30.0, "{body}");
+    app.shutdown().await;
+}
