@@ -16,6 +16,7 @@ pub mod domain;
 pub mod http;
 pub mod inbox;
 pub mod ledger;
+pub mod logging;
 pub mod metrics;
 pub mod queue;
 pub mod retry;

@@ -6,6 +6,7 @@ mod common;
 
 mod api;
 mod commands_http;
+mod logs;
 mod money_orders;
 mod money_rules;
 mod parallel;
