@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite:data/billing.db";
 
-#[derive(Debug, Clone)]
+/// `Debug` hides the secrets (see its impl): a configuration printed in a log or a panic shows no password,
+/// webhook secret or API key.
+#[derive(Clone)]
 pub struct Config {
     pub database_url: String,
     pub amqp_url: Option<String>,
@@ -204,8 +206,52 @@ impl Config {
     }
 }
 
-/// A URL with its password hidden, for printing.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |n: usize| vec!["***"; n];
+        f.debug_struct("Config")
+            .field("database_url", &redact(&self.database_url))
+            .field("amqp_url", &self.amqp_url.as_deref().map(redact))
+            .field("listen", &self.listen)
+            .field("catalog_source", &self.catalog_source)
+            .field("webhook_secrets", &hidden(self.webhook_secrets.len()))
+            .field("webhook_tolerance_secs", &self.webhook_tolerance_secs)
+            .field("stripe_api_key", &self.stripe_api_key.as_ref().map(|_| "***"))
+            .field("stripe_api_base", &self.stripe_api_base)
+            .field("tick_interval_secs", &self.tick_interval_secs)
+            .field("queue_require_signature", &self.queue_require_signature)
+            .field("amqp_prefix", &self.amqp_prefix)
+            .field("amqp_prefetch", &self.amqp_prefetch)
+            .field("retry_delays_ms", &self.retry_delays_ms)
+            .field("balance_low", &self.balance_low)
+            .field("lock_timeout_ms", &self.lock_timeout_ms)
+            .field("wait_horizon_secs", &self.wait_horizon_secs)
+            .field("write_lanes", &self.write_lanes)
+            .field("batch_max", &self.batch_max)
+            .field("batch_wait_us", &self.batch_wait_us)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A URL with its password hidden, for printing: the one in `user:password@` and a `password=` parameter.
 pub fn redact(url: &str) -> String {
+    let url = redact_userinfo(url);
+    match url.split_once('?') {
+        Some((base, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => p.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", params.join("&"))
+        }
+        None => url,
+    }
+}
+
+fn redact_userinfo(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
@@ -229,6 +275,25 @@ fn parse_u64(v: Option<String>, var: &'static str, default: u64) -> Result<u64, 
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn debug_and_redact_hide_every_secret() {
+        let vars: HashMap<&str, &str> = [
+            ("DATABASE_URL", "postgres://app:pg-pass-1@db:5432/billing?password=pg-pass-2&sslmode=require"),
+            ("AMQP_URL", "amqps://worker:mq-pass@mq:5671/%2f"),
+            ("STRIPE_WEBHOOK_SECRET", "whsec_one,whsec_two"),
+            ("STRIPE_API_KEY", "sk_live_secret"),
+        ]
+        .into();
+        let c = Config::from_lookup(|k| vars.get(k).map(|v| v.to_string())).unwrap();
+        let shown = format!("{c:?} {c:#?}");
+        for secret in ["pg-pass-1", "pg-pass-2", "mq-pass", "whsec_one", "whsec_two", "sk_live_secret"] {
+            assert!(!shown.contains(secret), "{secret} shown: {shown}");
+        }
+        assert!(shown.contains("postgres://app:***@db:5432/billing?password=***&sslmode=require"), "{shown}");
+        assert!(shown.contains("amqps://worker:***@mq:5671/%2f"), "{shown}");
+        assert_eq!(redact("sqlite:data/billing.db"), "sqlite:data/billing.db");
+    }
 
     fn cfg(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();

@@ -47,8 +47,9 @@ pub enum ApiError {
     UnknownHold(String),
     #[error("{0}")]
     CommandFailed(String),
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
+    /// The cause is logged, never answered: database and internal error text stays out of API answers.
+    #[error("the service is unavailable; try again")]
+    Unavailable,
     #[error("{0}")]
     NotFound(String),
     #[error("this route does not take this method")]
@@ -77,7 +78,7 @@ impl ApiError {
             ApiError::Hold(_) => (S::CONFLICT, "hold_not_active"),
             ApiError::UnknownHold(_) => (S::NOT_FOUND, "unknown_hold"),
             ApiError::CommandFailed(_) => (S::UNPROCESSABLE_ENTITY, "command_failed"),
-            ApiError::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Unavailable => (S::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::NotFound(_) => (S::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed"),
         }
@@ -92,7 +93,7 @@ impl From<StoreError> for ApiError {
             StoreError::Rule(r) => r.into(),
             other => {
                 tracing::error!(error = %other, "storage error");
-                ApiError::Unavailable(other.to_string())
+                ApiError::Unavailable
             }
         }
     }

@@ -139,7 +139,10 @@ pub async fn hold(
         }
         None => {
             let mut buf = [0u8; 12];
-            getrandom::getrandom(&mut buf).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            getrandom::getrandom(&mut buf).map_err(|e| {
+                tracing::error!(error = %e, "no random source");
+                ApiError::Unavailable
+            })?;
             hex::encode(buf)
         }
     };

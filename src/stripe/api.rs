@@ -19,11 +19,18 @@ pub enum StripeApiError {
     Shape(String),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct StripeApi {
     client: reqwest::Client,
     base: String,
     key: String,
+}
+
+/// The key is never printed.
+impl std::fmt::Debug for StripeApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StripeApi").field("base", &self.base).field("key", &"***").finish_non_exhaustive()
+    }
 }
 
 /// One page of the Events API.

@@ -6,6 +6,7 @@ use billing_worker::ledger::{Op, PlanTerms};
 use billing_worker::store::{OnMissing, Request};
 use billing_worker::time::parse_rfc3339;
 use serde_json::{Value, json};
+use sqlx::Connection;
 
 fn t0() -> i64 {
     (parse_rfc3339("2026-07-01T12:00:00Z").unwrap()).secs()
@@ -528,5 +529,28 @@ async fn readiness_reports_the_broker_and_the_outbox_lag() {
     let (s, body) = app.call("GET", "/readyz", None, None).await;
     assert_eq!(s, 200, "no broker is no reason to leave the service: {body}");
     assert_eq!(body["outbox_lag_seconds"], 30.0, "{body}");
+    app.shutdown().await;
+}
+
+/// A database failure answers 503 `unavailable` with a fixed message: the database's own text (table names,
+/// SQL) is logged for the operator, never sent to the caller. Nothing was applied, so the retry succeeds.
+#[tokio::test]
+async fn database_errors_are_not_leaked_to_callers() {
+    let app = spawn_app("postgres", t0()).await;
+    let (admin, svc) = (app.key("admin").await, app.key("service").await);
+    on_plan(&app, "acc", "basic", 20).await;
+    app.grant(&admin, "acc", 10).await;
+    let mut db = sqlx::AnyConnection::connect(&app.db_url).await.unwrap();
+    sqlx::query("ALTER TABLE entries RENAME TO entries_hidden").execute(&mut db).await.unwrap();
+    let body = debit("chat.message", 1, "u1", "k-leak");
+    let (s, b) = app.call("POST", "/v1/accounts/acc/debits", Some(&svc), Some(body.clone())).await;
+    assert_eq!(s, 503, "{b}");
+    assert_eq!(b["error"]["code"], "unavailable");
+    assert_eq!(b["error"]["message"], "the service is unavailable; try again");
+    let text = b.to_string();
+    assert!(!text.contains("entries") && !text.contains("relation"), "no database text: {text}");
+    sqlx::query("ALTER TABLE entries_hidden RENAME TO entries").execute(&mut db).await.unwrap();
+    let (s, b) = app.call("POST", "/v1/accounts/acc/debits", Some(&svc), Some(body)).await;
+    assert_eq!((s, b["balance"].as_i64()), (201, Some(9)), "the retry applies once (10 granted, 1 spent): {b}");
     app.shutdown().await;
 }

@@ -1,5 +1,6 @@
-//! Logs as an operator gets them from the binary: JSON lines by default when stderr is not a terminal, text
-//! when asked, filtered per module by `RUST_LOG`, and a filter or format that cannot be read refused with exit 2.
+//! Logs and printed configuration as an operator gets them from the binary: JSON lines by default when stderr
+//! is not a terminal, text when asked, filtered per module by `RUST_LOG`, a filter or format that cannot be read
+//! refused with exit 2, and no secret in what `config check` prints.
 
 use std::process::Command;
 
@@ -46,4 +47,26 @@ fn a_format_or_filter_it_cannot_read_is_refused() {
     let (code, err) = run(&[("RUST_LOG", "info,sqlx=loud")]);
     assert_eq!(code, Some(2));
     assert!(err.contains("RUST_LOG \"info,sqlx=loud\""), "{err}");
+}
+
+/// `config check` and the start's log line show where the database and broker are, never their passwords, and
+/// only how many webhook secrets there are.
+#[test]
+fn config_check_prints_no_secret() {
+    let out = Command::new(env!("CARGO_BIN_EXE_billing-worker"))
+        .args(["config", "check"])
+        .env_clear()
+        .env("DATABASE_URL", "postgres://app:pg-secret@127.0.0.1:1/none?password=pg-secret-2")
+        .env("AMQP_URL", "amqp://worker:mq-secret@127.0.0.1:1/%2f")
+        .env("STRIPE_WEBHOOK_SECRET", "whsec_aaa,whsec_bbb")
+        .env("STRIPE_API_KEY", "sk_test_secret")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    for secret in ["pg-secret", "mq-secret", "whsec_aaa", "whsec_bbb", "sk_test_secret"] {
+        assert!(!text.contains(secret), "{secret} printed: {text}");
+    }
+    assert!(text.contains("# database: postgres://app:***@127.0.0.1:1/none?password=***"), "{text}");
+    assert!(text.contains("# webhook secrets: 2"), "{text}");
 }
