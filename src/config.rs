@@ -42,6 +42,8 @@ pub struct Config {
     pub write_lanes: usize,
     pub batch_max: usize,
     pub batch_wait_us: u64,
+    /// An HTTP request still unanswered after this many seconds gets 503 `unavailable`.
+    pub request_timeout_secs: u64,
 }
 
 impl Config {
@@ -180,8 +182,13 @@ impl Config {
         if batch_wait_us > 100_000 {
             return Err(invalid("BILLING_BATCH_WAIT_US", "must be at most 100000 (0.1 s)"));
         }
+        let request_timeout_secs = parse_u64(get("BILLING_REQUEST_TIMEOUT_SECS"), "BILLING_REQUEST_TIMEOUT_SECS", 30)?;
+        if !(1..=3_600).contains(&request_timeout_secs) {
+            return Err(invalid("BILLING_REQUEST_TIMEOUT_SECS", "must be between 1 and 3600"));
+        }
 
         Ok(Config {
+            request_timeout_secs,
             wait_horizon_secs,
             write_lanes: write_lanes as usize,
             batch_max: batch_max as usize,
@@ -229,6 +236,7 @@ impl std::fmt::Debug for Config {
             .field("write_lanes", &self.write_lanes)
             .field("batch_max", &self.batch_max)
             .field("batch_wait_us", &self.batch_wait_us)
+            .field("request_timeout_secs", &self.request_timeout_secs)
             .finish_non_exhaustive()
     }
 }
@@ -330,6 +338,8 @@ mod tests {
             ("BILLING_RETRY_DELAYS_MS", "1000,soon"),
             ("BILLING_BALANCE_LOW", "-1"),
             ("BILLING_LOCK_TIMEOUT_MS", "0"),
+            ("BILLING_REQUEST_TIMEOUT_SECS", "0"),
+            ("BILLING_REQUEST_TIMEOUT_SECS", "a minute"),
             ("BILLING_LOCK_TIMEOUT_MS", "99999999999"),
             ("BILLING_TICK_SECS", "999999999999"),
             ("BILLING_QUEUE_REQUIRE_SIGNATURE", "maybe"),

@@ -54,6 +54,11 @@ pub enum ApiError {
     NotFound(String),
     #[error("this route does not take this method")]
     MethodNotAllowed,
+    #[error("no answer within {0} s; try again")]
+    TimedOut(u64),
+    /// A handler panicked: logged with the request id, answered without its text.
+    #[error("internal error")]
+    Internal,
 }
 
 impl ApiError {
@@ -81,6 +86,8 @@ impl ApiError {
             ApiError::Unavailable => (S::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::NotFound(_) => (S::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::TimedOut(_) => (S::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal => (S::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 }

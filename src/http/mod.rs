@@ -20,10 +20,14 @@ use crate::store::Store;
 use crate::stripe::Intake;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post};
 use std::sync::Arc;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 
 /// Webhook bodies over this are refused with 413.
 pub const MAX_BODY: usize = 1 << 20;
@@ -77,7 +81,7 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/v1/accounts/{account}/balance", get(accounts::balance))
         .route("/v1/accounts/{account}/entitlements", get(accounts::entitlements))
         .route("/v1/accounts/{account}/ledger", get(accounts::ledger))
@@ -102,12 +106,48 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::serve))
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
+        .layer(CatchPanicLayer::custom(panicked))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state.clone(), observe));
+    with_request_ids(routes.with_state(state))
 }
 
-/// A span and metrics per request; handlers add the event or account id to their own spans.
+/// The outer layers: every answer compressed when the caller accepts gzip (ledger pages and CSV are large), and
+/// every request given an `x-request-id` (the caller's, or a new one) that the answer carries back and every log
+/// line of the request shows.
+fn with_request_ids(router: Router) -> Router {
+    router
+        .layer(CompressionLayer::new())
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), RandomId))
+}
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request ids for requests that come without one: 16 random hex digits.
+#[derive(Clone, Copy)]
+struct RandomId;
+
+impl MakeRequestId for RandomId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let mut b = [0u8; 8];
+        getrandom::getrandom(&mut b).ok()?;
+        HeaderValue::from_str(&hex::encode(b)).ok().map(RequestId::new)
+    }
+}
+
+/// A panic in a handler: logged (inside the request's span, with its id), answered 500 in the error shape.
+fn panicked(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = err
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| err.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into());
+    tracing::error!(panic = %what, "handler panicked");
+    axum::response::IntoResponse::into_response(error::ApiError::Internal)
+}
+
+/// A span, a log line, a deadline and metrics per request; handlers add the event or account id to their spans.
 async fn observe(axum::extract::State(app): axum::extract::State<AppState>, req: Request, next: Next) -> Response {
     // Ids with NUL cannot be stored (PostgreSQL text): refused here for every route.
     let uri = req.uri().to_string().to_ascii_lowercase();
@@ -119,11 +159,48 @@ async fn observe(axum::extract::State(app): axum::extract::State<AppState>, req:
     let route =
         req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
-    let span = tracing::info_span!("http", %method, route = %route);
+    let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let span = tracing::info_span!("http", request_id = %id, %method, route = %route);
     let started = std::time::Instant::now();
-    let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    let limit = app.config.request_timeout_secs;
+    let run = tracing::Instrument::instrument(next.run(req), span.clone());
+    let resp = match tokio::time::timeout(std::time::Duration::from_secs(limit), run).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            // The work already handed to the writer still commits or not as a whole; a retry with the same
+            // idempotency key finds out which.
+            span.in_scope(|| tracing::warn!(seconds = limit, "request timed out"));
+            axum::response::IntoResponse::into_response(error::ApiError::TimedOut(limit))
+        }
+    };
     let secs = started.elapsed().as_secs_f64();
     app.metrics.request(&route, &method, resp.status().as_u16(), secs);
-    span.in_scope(|| tracing::debug!(status = resp.status().as_u16(), ms = (secs * 1000.0) as u64, "request"));
+    span.in_scope(|| tracing::info!(status = resp.status().as_u16(), ms = (secs * 1000.0) as u64, "request"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A handler that panics: the caller gets a JSON 500 with the request id, the connection stays usable.
+    #[tokio::test]
+    async fn a_panic_answers_500_in_the_error_shape() {
+        async fn boom() -> &'static str {
+            panic!("boom in a handler")
+        }
+        let app = with_request_ids(Router::new().route("/boom", get(boom)).layer(CatchPanicLayer::custom(panicked)));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::new();
+        for _ in 0..2 {
+            let r = client.get(format!("http://{addr}/boom")).header("x-request-id", "req-7").send().await.unwrap();
+            assert_eq!(r.status(), 500);
+            assert_eq!(r.headers()["x-request-id"], "req-7");
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body, serde_json::json!({"error": {"code": "internal", "message": "internal error"}}));
+        }
+    }
 }

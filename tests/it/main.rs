@@ -7,6 +7,7 @@ mod common;
 mod api;
 mod commands_http;
 mod logs;
+mod middleware;
 mod money_orders;
 mod money_rules;
 mod parallel;
