@@ -15,6 +15,7 @@ mod queue;
 mod store;
 mod stripe_api;
 mod structure;
+mod tls;
 mod webhook_input;
 mod webhook_order;
 mod webhooks;
