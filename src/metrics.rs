@@ -10,6 +10,25 @@ const BUCKETS: [f64; 11] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 
 type Labels = Vec<(&'static str, String)>;
 
+/// A value read when scraped (same-named gauges next to each other).
+pub struct Gauge {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub labels: Labels,
+    pub value: f64,
+}
+
+impl Gauge {
+    pub fn new(name: &'static str, help: &'static str, value: f64) -> Gauge {
+        Gauge { name, help, labels: Vec::new(), value }
+    }
+
+    pub fn with(mut self, label: &'static str, value: impl Into<String>) -> Gauge {
+        self.labels.push((label, value.into()));
+        self
+    }
+}
+
 #[derive(Default)]
 struct Histogram {
     counts: [u64; BUCKETS.len()],
@@ -110,8 +129,8 @@ impl Registry {
         }
     }
 
-    /// The Prometheus text exposition, with `extra` gauge lines appended.
-    pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
+    /// The Prometheus text exposition, with `extra` gauges (read when scraped) appended.
+    pub fn render(&self, extra: &[Gauge]) -> String {
         let help = self.help.lock().unwrap().clone();
         let mut out = String::new();
         let fmt_labels = |l: &Labels, extra: Option<(&str, String)>| {
@@ -152,8 +171,13 @@ impl Registry {
                 h.count
             ));
         }
-        for (name, help, v) in extra {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"));
+        last = "";
+        for g in extra {
+            if g.name != last {
+                out.push_str(&format!("# HELP {} {}\n# TYPE {} gauge\n", g.name, g.help, g.name));
+                last = g.name;
+            }
+            out.push_str(&format!("{}{} {}\n", g.name, fmt_labels(&g.labels, None), g.value));
         }
         out
     }
@@ -169,7 +193,7 @@ mod tests {
         r.request("/v1/quote", "POST", 200, 0.003);
         r.request("/v1/quote", "POST", 200, 0.2);
         r.debit(true, 4);
-        let text = r.render(&[("billing_outbox_lag_seconds", "age of the oldest unsent event", 0.0)]);
+        let text = r.render(&[Gauge::new("billing_outbox_lag_seconds", "age of the oldest unsent event", 0.0)]);
         assert!(text.contains("# TYPE billing_http_requests_total counter"));
         assert!(text.contains("billing_http_requests_total{route=\"/v1/quote\",method=\"POST\",status=\"200\"} 2"));
         assert!(text.contains("billing_http_request_duration_seconds_bucket{route=\"/v1/quote\",le=\"0.005\"} 1"));

@@ -154,11 +154,17 @@ impl Store {
 
     /// Seconds since the oldest unpublished event was written (0 when none).
     pub async fn outbox_lag(&self, now: UnixTime) -> Result<i64, StoreError> {
-        let oldest: Option<UnixTime> =
-            sqlx::query_scalar("SELECT MIN(created_at) FROM outbox WHERE published_at IS NULL")
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(oldest.map(|t| (now - t).max(0)).unwrap_or(0))
+        Ok(self.outbox_backlog(now).await?.0)
+    }
+
+    /// The outbox's backlog: the age in seconds of its oldest unpublished event (0 when none), and how many
+    /// events wait to be published.
+    pub async fn outbox_backlog(&self, now: UnixTime) -> Result<(i64, i64), StoreError> {
+        let row = sqlx::query("SELECT MIN(created_at) AS oldest, COUNT(*) AS n FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        let oldest: Option<UnixTime> = row.try_get("oldest")?;
+        Ok((oldest.map(|t| (now - t).max(0)).unwrap_or(0), row.try_get("n")?))
     }
 
     /// Become the publisher, if no other instance is. SQLite serves one instance: always granted.

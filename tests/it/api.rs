@@ -496,7 +496,20 @@ async fn the_openapi_document_lists_every_route_and_every_route_is_served() {
         "{text}"
     );
     assert!(text.contains("billing_http_request_duration_seconds_bucket"));
-    assert!(text.contains("billing_outbox_lag_seconds"));
+    for line in [
+        "billing_outbox_lag_seconds 0",
+        "billing_outbox_unpublished ",
+        "billing_events_failed 0",
+        "billing_events_waiting 0",
+        "billing_broker_up 0",
+        "billing_broker_configured 0",
+        "billing_db_pool_connections{state=\"idle\"}",
+        "billing_db_pool_connections{state=\"in_use\"}",
+        "billing_build_info{version=\"",
+        "# TYPE billing_events_failed gauge",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
     app.shutdown().await;
 }
 

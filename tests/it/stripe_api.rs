@@ -153,6 +153,8 @@ async fn without_an_api_key_a_checkout_without_package_fails_for_replay() {
     let r = app.deliver(&event("evt_li", "checkout.session.completed", t0(), cs)).await;
     assert_eq!(r["status"], "failed");
     assert!(r["detail"].as_str().unwrap().contains("STRIPE_API_KEY"), "{r}");
+    let metrics = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("\nbilling_events_failed 1\n"), "the failed event shows for its alert: {metrics}");
     app.shutdown().await;
 }
 
