@@ -88,7 +88,14 @@ impl Config {
         })?;
 
         let amqp_url = get("AMQP_URL");
-        if let Some(u) = amqp_url.as_ref().filter(|u| !(u.starts_with("amqp://") || u.starts_with("amqps://"))) {
+        if let Some(u) = amqp_url.as_ref().filter(|u| u.starts_with("amqps://")) {
+            // Refused at the start rather than accepted and then failing on every reconnect.
+            return Err(invalid(
+                "AMQP_URL",
+                format!("amqps:// (TLS) is not supported by this build yet, got {}; use amqp://", redact(u)),
+            ));
+        }
+        if let Some(u) = amqp_url.as_ref().filter(|u| !u.starts_with("amqp://")) {
             return Err(invalid("AMQP_URL", format!("expected amqp://..., got {u:?}")));
         }
 
@@ -288,7 +295,7 @@ mod tests {
     fn debug_and_redact_hide_every_secret() {
         let vars: HashMap<&str, &str> = [
             ("DATABASE_URL", "postgres://app:pg-pass-1@db:5432/billing?password=pg-pass-2&sslmode=require"),
-            ("AMQP_URL", "amqps://worker:mq-pass@mq:5671/%2f"),
+            ("AMQP_URL", "amqp://worker:mq-pass@mq:5672/%2f"),
             ("STRIPE_WEBHOOK_SECRET", "whsec_one,whsec_two"),
             ("STRIPE_API_KEY", "sk_live_secret"),
         ]
@@ -299,7 +306,10 @@ mod tests {
             assert!(!shown.contains(secret), "{secret} shown: {shown}");
         }
         assert!(shown.contains("postgres://app:***@db:5432/billing?password=***&sslmode=require"), "{shown}");
-        assert!(shown.contains("amqps://worker:***@mq:5671/%2f"), "{shown}");
+        assert!(shown.contains("amqp://worker:***@mq:5672/%2f"), "{shown}");
+        let vars: HashMap<&str, &str> = [("AMQP_URL", "amqps://worker:mq-pass@mq:5671/%2f")].into();
+        let e = Config::from_lookup(|k| vars.get(k).map(|v| v.to_string())).unwrap_err().to_string();
+        assert!(e.contains("amqps:// (TLS) is not supported") && !e.contains("mq-pass"), "{e}");
         assert_eq!(redact("sqlite:data/billing.db"), "sqlite:data/billing.db");
     }
 
