@@ -56,6 +56,12 @@ impl Receipt {
             facts: Vec::new(),
         }
     }
+
+    /// The same event delivered again in the batch that added its row: the first delivery's outcome, whose row
+    /// id is known once the batch is written.
+    fn added_again(event_id: &str, status: InboxStatus, detail: Option<String>) -> Receipt {
+        Receipt { id: 0, event_id: event_id.to_owned(), status, detail, duplicate: true, applied: None, facts: vec![] }
+    }
 }
 
 /// Where events come from and how one is decided.
@@ -154,15 +160,7 @@ impl<S: Source> Inbox<S> {
                 match b.inbox_row(S::NAME, &incoming.event_id).await? {
                     // Delivered twice in one batch: the first delivery's outcome.
                     Some(Seen::Added { status, detail, id }) => {
-                        let receipt = Receipt {
-                            id: 0,
-                            event_id: incoming.event_id.clone(),
-                            status,
-                            detail,
-                            duplicate: true,
-                            applied: None,
-                            facts: vec![],
-                        };
+                        let receipt = Receipt::added_again(&incoming.event_id, status, detail);
                         answered(Draft { receipt, id: Some(id) })
                     }
                     Some(Seen::Stored(row)) => again_or_seen::<S>(b, &source, row, Some(&ev), now, horizon).await,
@@ -410,15 +408,7 @@ pub fn keep_failed(
             match b.inbox_row(source, &incoming.event_id).await? {
                 Some(Seen::Stored(row)) => return answered(Draft::done(Receipt::seen(&row))),
                 Some(Seen::Added { status, detail, id }) => {
-                    let receipt = Receipt {
-                        id: 0,
-                        event_id: incoming.event_id.clone(),
-                        status,
-                        detail,
-                        duplicate: true,
-                        applied: None,
-                        facts: vec![],
-                    };
+                    let receipt = Receipt::added_again(&incoming.event_id, status, detail);
                     return answered(Draft { receipt, id: Some(id) });
                 }
                 None => {}

@@ -248,20 +248,8 @@ pub(crate) async fn load_accounts(
             let (id, slot) = slot_of_head(&r)?;
             slots.insert(id, slot);
         }
-        for chunk in keys.chunks(400).filter(|_| !slots.is_empty()) {
-            let pairs: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
-            let sql = format!(
-                "SELECT account_id, key, request, response FROM effects WHERE (account_id, key) IN ({})",
-                pairs.join(", ")
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
-            for (a, k) in chunk {
-                q = q.bind(a).bind(k);
-            }
-            for r in q.fetch_all(&mut *tx).await? {
-                let (k, e) = effect_of(&r)?;
-                effects.insert(k, e);
-            }
+        if !slots.is_empty() {
+            effects = self::effects(tx, keys).await?;
         }
     }
     // Accounts unchanged since this lane last wrote them come from memory.
@@ -373,8 +361,8 @@ pub(crate) async fn effects(
             q = q.bind(a).bind(k);
         }
         for r in q.fetch_all(&mut *tx).await? {
-            let id = (r.try_get("account_id")?, r.try_get("key")?);
-            out.insert(id, Effect { request: r.try_get("request")?, response: r.try_get("response")? });
+            let (k, e) = effect_of(&r)?;
+            out.insert(k, e);
         }
     }
     Ok(out)
