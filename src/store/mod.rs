@@ -37,6 +37,18 @@ pub use request::{Guard, IdempotencyKey, OnMissing, Outcome, Request};
 pub use usage::{GroupBy, UsageRow};
 pub use writer::{BoxFuture, Plan, WriterConfig};
 
+/// A PostgreSQL URL with TLS only when asked for: without an `sslmode` it gets `sslmode=disable`, not sqlx's
+/// `prefer`. Measured with the benchmark, `prefer` (TLS on a server that offers it) cut distinct webhooks from
+/// about 1,700/s to 350/s with a p99 of 100 ms on the local server; TLS is for `sslmode=require` or `verify-full`.
+fn pg_url(url: &str) -> String {
+    let has_mode = url.split_once('?').is_some_and(|(_, q)| q.split('&').any(|p| p.starts_with("sslmode=")));
+    match (has_mode, url.contains('?')) {
+        (true, _) => url.to_owned(),
+        (false, true) => format!("{url}&sslmode=disable"),
+        (false, false) => format!("{url}?sslmode=disable"),
+    }
+}
+
 /// The connection a batch (or a read) runs its statements on.
 pub type Tx = sqlx::AnyConnection;
 
@@ -155,7 +167,7 @@ impl Store {
         let backend = Backend::of_url(url).ok_or_else(|| StoreError::BadUrl(url.into()))?;
         let (url, max) = match backend {
             Backend::Sqlite => (sqlite_url(url)?, 8),
-            Backend::Postgres => (url.to_owned(), 16),
+            Backend::Postgres => (pg_url(url), 16),
         };
         // No ping before each use: a broken connection shows on its first statement, which fails as transient.
         let mut pool_opts = AnyPoolOptions::new()
@@ -286,4 +298,20 @@ fn sqlite_url(url: &str) -> Result<String, StoreError> {
         format!("{query}&mode=rwc")
     };
     Ok(format!("sqlite://{path}?{query}"))
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::pg_url;
+
+    #[test]
+    fn tls_only_when_the_url_asks() {
+        assert_eq!(pg_url("postgres://u@h/db"), "postgres://u@h/db?sslmode=disable");
+        assert_eq!(
+            pg_url("postgres://u@h/db?application_name=x"),
+            "postgres://u@h/db?application_name=x&sslmode=disable"
+        );
+        assert_eq!(pg_url("postgres://u@h/db?sslmode=require"), "postgres://u@h/db?sslmode=require");
+        assert_eq!(pg_url("postgres://u@h/db?a=1&sslmode=verify-full"), "postgres://u@h/db?a=1&sslmode=verify-full");
+    }
 }
