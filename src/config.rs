@@ -44,6 +44,11 @@ pub struct Config {
     pub batch_wait_us: u64,
     /// An HTTP request still unanswered after this many seconds gets 503 `unavailable`.
     pub request_timeout_secs: u64,
+    /// How long a SIGTERM may take, from the signal to the exit (`BILLING_SHUTDOWN_SECS`).
+    pub shutdown_secs: u64,
+    /// How long the worker keeps serving after a SIGTERM with `/readyz` at 503, so load balancers stop sending
+    /// before it stops accepting (`BILLING_SHUTDOWN_DELAY_SECS`, within the shutdown deadline).
+    pub shutdown_delay_secs: u64,
 }
 
 impl Config {
@@ -193,9 +198,19 @@ impl Config {
         if !(1..=3_600).contains(&request_timeout_secs) {
             return Err(invalid("BILLING_REQUEST_TIMEOUT_SECS", "must be between 1 and 3600"));
         }
+        let shutdown_secs = parse_u64(get("BILLING_SHUTDOWN_SECS"), "BILLING_SHUTDOWN_SECS", 20)?;
+        if !(1..=3_600).contains(&shutdown_secs) {
+            return Err(invalid("BILLING_SHUTDOWN_SECS", "must be between 1 and 3600"));
+        }
+        let shutdown_delay_secs = parse_u64(get("BILLING_SHUTDOWN_DELAY_SECS"), "BILLING_SHUTDOWN_DELAY_SECS", 0)?;
+        if shutdown_delay_secs >= shutdown_secs {
+            return Err(invalid("BILLING_SHUTDOWN_DELAY_SECS", "must be less than BILLING_SHUTDOWN_SECS"));
+        }
 
         Ok(Config {
             request_timeout_secs,
+            shutdown_secs,
+            shutdown_delay_secs,
             wait_horizon_secs,
             write_lanes: write_lanes as usize,
             batch_max: batch_max as usize,
@@ -244,6 +259,8 @@ impl std::fmt::Debug for Config {
             .field("batch_max", &self.batch_max)
             .field("batch_wait_us", &self.batch_wait_us)
             .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("shutdown_secs", &self.shutdown_secs)
+            .field("shutdown_delay_secs", &self.shutdown_delay_secs)
             .finish_non_exhaustive()
     }
 }
@@ -350,6 +367,8 @@ mod tests {
             ("BILLING_LOCK_TIMEOUT_MS", "0"),
             ("BILLING_REQUEST_TIMEOUT_SECS", "0"),
             ("BILLING_REQUEST_TIMEOUT_SECS", "a minute"),
+            ("BILLING_SHUTDOWN_SECS", "0"),
+            ("BILLING_SHUTDOWN_DELAY_SECS", "20"),
             ("BILLING_LOCK_TIMEOUT_MS", "99999999999"),
             ("BILLING_TICK_SECS", "999999999999"),
             ("BILLING_QUEUE_REQUIRE_SIGNATURE", "maybe"),

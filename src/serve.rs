@@ -1,5 +1,6 @@
 //! The long-running worker: the HTTP server, and in the background the periodic tick that applies due cycle
-//! work and retries events waiting for a fact. Stops on Ctrl-C or SIGTERM, finishing requests in flight.
+//! work and retries events waiting for a fact. Stops on Ctrl-C or SIGTERM in a fixed order within a deadline
+//! (see [`run`]), so a rolling upgrade or a scale-down loses nothing and leaves no task half done.
 
 use crate::BoxError;
 use crate::clock::Clock;
@@ -10,8 +11,10 @@ use crate::startup::Services;
 use crate::store::Store;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// A running server (for tests and `main`).
 pub struct Running {
@@ -20,14 +23,39 @@ pub struct Running {
     /// The broker side, when configured (tests reach its fault hook through it).
     pub broker: Option<Broker>,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<(), std::io::Error>>,
+    http: JoinHandle<Result<(), std::io::Error>>,
+    /// The background tasks (tick, broker), awaited at the stop.
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
 }
 
 impl Running {
-    /// Stop accepting, finish requests in flight, stop the background work.
+    /// Stop accepting, finish requests in flight, stop the background work (the store stays open).
     pub async fn shutdown(self) {
+        self.stop(Duration::ZERO).await;
+    }
+
+    /// The shutdown sequence, up to the store: `/readyz` answers 503 at once and the worker goes on serving for
+    /// `delay` (so load balancers stop sending it work); then HTTP stops accepting and finishes the requests in
+    /// flight, the consumer takes no new message and settles the ones it holds (the rest go back to the broker
+    /// unacked when the connection closes), the tick and the publisher end; every task is awaited.
+    pub async fn stop(self, delay: Duration) {
+        self.state.draining.store(true, Ordering::SeqCst);
+        if !delay.is_zero() {
+            tracing::info!(delay_secs = delay.as_secs_f64(), "not ready; serving on while load balancers notice");
+            tokio::time::sleep(delay).await;
+        }
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        match self.http.await {
+            Ok(Ok(())) => tracing::info!("HTTP drained"),
+            Ok(Err(e)) => tracing::error!(error = %e, "HTTP server ended with an error"),
+            Err(e) => tracing::error!(error = %e, "HTTP server task panicked"),
+        }
+        for (task, handle) in self.tasks {
+            match handle.await {
+                Ok(()) => tracing::info!(task, "stopped"),
+                Err(e) => tracing::error!(task, error = %e, "task panicked"),
+            }
+        }
     }
 }
 
@@ -41,6 +69,7 @@ pub fn state(config: Config, store: Store, clock: Clock) -> Result<AppState, Box
         clock,
         metrics: crate::metrics::global(),
         broker: crate::queue::BrokerState::default(),
+        draining: Default::default(),
     })
 }
 
@@ -52,14 +81,14 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, BoxError> {
     let tick_every = Duration::from_secs(config.tick_interval_secs);
     let state = state(config, store, clock)?;
     let (stop, stopped) = watch::channel(false);
-    tokio::spawn(background(state.clone(), tick_every, stopped.clone()));
+    let mut tasks = vec![("tick", tokio::spawn(background(state.clone(), tick_every, stopped.clone())))];
     let broker = broker(&state);
     if let Some(b) = broker.clone() {
-        tokio::spawn(b.run(stopped.clone()));
+        tasks.push(("broker", tokio::spawn(b.run(stopped.clone()))));
     }
     let app = router(state.clone());
     let mut stopped_http = stopped;
-    let task = tokio::spawn(async move {
+    let http = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = stopped_http.changed().await;
@@ -67,7 +96,7 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, BoxError> {
             .await
     });
     tracing::info!(%addr, "listening");
-    Ok(Running { addr, state, stop, task, broker })
+    Ok(Running { addr, state, stop, http, tasks, broker })
 }
 
 /// The RabbitMQ side, when `AMQP_URL` is set.
@@ -105,15 +134,33 @@ async fn background(state: AppState, every: Duration, mut stopped: watch::Receiv
     }
 }
 
+/// Serve until Ctrl-C or SIGTERM, then shut down within `BILLING_SHUTDOWN_SECS`: the whole sequence of
+/// [`Running::stop`], then the writer finishes what it was given and the pool closes. Past the deadline the
+/// process ends anyway, with an error: nothing is lost, because nothing was acknowledged before its commit.
 pub async fn run(config: Config) -> Result<(), BoxError> {
     tracing::info!(database = %crate::config::redact(&config.database_url), "billing-worker starting");
+    let deadline = Duration::from_secs(config.shutdown_secs);
+    let delay = Duration::from_secs(config.shutdown_delay_secs);
     let running = start(config, Clock::system()).await?;
     shutdown_signal().await;
-    tracing::info!("shutting down");
+    tracing::info!(deadline_secs = deadline.as_secs(), "shutting down");
     let store = running.state.store.clone();
-    running.shutdown().await;
-    store.close().await;
-    Ok(())
+    let sequence = async move {
+        running.stop(delay).await;
+        store.close().await;
+    };
+    match tokio::time::timeout(deadline, sequence).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Err(_) => Err(format!(
+            "shutdown took longer than BILLING_SHUTDOWN_SECS ({} s); exiting with work unfinished (nothing \
+             unacknowledged is lost: it is retried by its sender)",
+            deadline.as_secs()
+        )
+        .into()),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -23,6 +23,8 @@ pub struct Ready {
     pub broker: String,
     /// Seconds since the oldest event not yet published was written (0 when none).
     pub outbox_lag_seconds: f64,
+    /// True once a shutdown began: the instance finishes its work and wants no new work (503).
+    pub shutting_down: bool,
 }
 
 #[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
@@ -32,6 +34,7 @@ pub async fn healthz() -> Json<Health> {
 
 #[utoipa::path(get, path = "/readyz", responses((status = 200, body = Ready), (status = 503, body = Ready)))]
 pub async fn readyz(State(app): State<AppState>) -> Response {
+    let shutting_down = app.draining.load(std::sync::atomic::Ordering::SeqCst);
     let database = app.store.ping().await;
     let broker = app.broker_status();
     let lag = if database { app.outbox_lag().await } else { 0.0 };
@@ -39,8 +42,13 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
         database: if database { "up" } else { "down" }.into(),
         broker: broker.into(),
         outbox_lag_seconds: lag,
+        shutting_down,
     });
-    if database { body.into_response() } else { (StatusCode::SERVICE_UNAVAILABLE, body).into_response() }
+    if database && !shutting_down {
+        body.into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
 }
 
 #[utoipa::path(get, path = "/metrics", responses((status = 200, body = String, content_type = "text/plain")))]

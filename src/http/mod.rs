@@ -67,6 +67,8 @@ pub struct AppState {
     pub clock: Clock,
     pub metrics: &'static Registry,
     pub broker: crate::queue::BrokerState,
+    /// Set at the start of a shutdown: `/readyz` answers 503 from then on.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {

@@ -12,6 +12,7 @@ mod money_orders;
 mod money_rules;
 mod parallel;
 mod queue;
+mod shutdown;
 mod store;
 mod stripe_api;
 mod structure;

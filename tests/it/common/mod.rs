@@ -65,6 +65,7 @@ macro_rules! on_both_backends {
 }
 
 pub mod amqp;
+pub mod proc;
 pub mod stripe;
 
 use billing_worker::clock::Clock;
@@ -165,6 +166,11 @@ impl TestApp {
     pub async fn retry_due(&self) -> usize {
         let s = self.state();
         billing_worker::retry::due(&s.intake, &s.commander, self.clock.now()).await.unwrap()
+    }
+
+    /// The running server, taken to be stopped by the test itself.
+    pub fn take_running(&mut self) -> billing_worker::serve::Running {
+        self.running.take().expect("running")
     }
 
     pub async fn shutdown(mut self) {
