@@ -28,6 +28,14 @@ python3 deploy/schemathesis_seed.py "http://127.0.0.1:$port" whsec_schemathesis 
 status=0
 "$venv/bin/schemathesis" --config-file deploy/schemathesis.toml run "http://127.0.0.1:$port/openapi.json" \
   -H "Authorization: Bearer $key" --max-examples "${SCHEMATHESIS_EXAMPLES:-40}" --generation-deterministic || status=$?
+# The metrics the run left, linted by promtool (fetched by deploy/check-deploy.sh, which .ci/run runs first):
+# the exposition format is written by hand in src/metrics.rs, so a scraper's parser checks it.
+promtool="${XDG_CACHE_HOME:-$HOME/.cache}/billing-worker/promtool/root/usr/bin/promtool"
+curl -sf "http://127.0.0.1:$port/metrics" > "$work/metrics.txt" || { echo "GET /metrics failed"; status=1; }
+if [ -x "$promtool" ]; then
+  "$promtool" check metrics < "$work/metrics.txt" || { echo "promtool check metrics: /metrics is not valid"; status=1; }
+  echo "promtool check metrics: $(grep -c '^# TYPE' "$work/metrics.txt") metric families valid"
+fi
 if grep -q "panicked" "$work/server.log"; then
   echo "the server panicked:"; grep -A3 panicked "$work/server.log"; status=1
 fi

@@ -6,6 +6,7 @@ mod common;
 
 mod api;
 mod commands_http;
+mod deploy_files;
 mod logs;
 mod middleware;
 mod money_orders;
