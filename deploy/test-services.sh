@@ -46,10 +46,11 @@ start_rabbitmq() {
   as_root rabbitmqctl await_startup >/dev/null 2>&1 || true
 }
 
-# Tools the Schemathesis step needs (python3 with venv, curl).
+# Tools the Schemathesis step and the TLS tests need (python3 with venv, curl, openssl).
 need_tools() {
   local missing=()
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl) # the TLS tests make their certificates
   command -v python3 >/dev/null 2>&1 || missing+=(python3)
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
   if [ ${#missing[@]} -gt 0 ]; then

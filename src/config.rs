@@ -93,15 +93,8 @@ impl Config {
         })?;
 
         let amqp_url = get("AMQP_URL");
-        if let Some(u) = amqp_url.as_ref().filter(|u| u.starts_with("amqps://")) {
-            // Refused at the start rather than accepted and then failing on every reconnect.
-            return Err(invalid(
-                "AMQP_URL",
-                format!("amqps:// (TLS) is not supported by this build yet, got {}; use amqp://", redact(u)),
-            ));
-        }
-        if let Some(u) = amqp_url.as_ref().filter(|u| !u.starts_with("amqp://")) {
-            return Err(invalid("AMQP_URL", format!("expected amqp://..., got {u:?}")));
+        if let Some(u) = amqp_url.as_ref().filter(|u| !u.starts_with("amqp://") && !u.starts_with("amqps://")) {
+            return Err(invalid("AMQP_URL", format!("expected amqp://... or amqps://..., got {}", redact(u))));
         }
 
         let listen_text = get("BILLING_LISTEN").unwrap_or_else(|| "127.0.0.1:8080".into());
@@ -325,8 +318,11 @@ mod tests {
         assert!(shown.contains("postgres://app:***@db:5432/billing?password=***&sslmode=require"), "{shown}");
         assert!(shown.contains("amqp://worker:***@mq:5672/%2f"), "{shown}");
         let vars: HashMap<&str, &str> = [("AMQP_URL", "amqps://worker:mq-pass@mq:5671/%2f")].into();
+        let c = Config::from_lookup(|k| vars.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(c.amqp_url.as_deref(), Some("amqps://worker:mq-pass@mq:5671/%2f"), "TLS to the broker is taken");
+        let vars: HashMap<&str, &str> = [("AMQP_URL", "http://worker:mq-pass@mq/")].into();
         let e = Config::from_lookup(|k| vars.get(k).map(|v| v.to_string())).unwrap_err().to_string();
-        assert!(e.contains("amqps:// (TLS) is not supported") && !e.contains("mq-pass"), "{e}");
+        assert!(e.contains("expected amqp://... or amqps://...") && !e.contains("mq-pass"), "{e}");
         assert_eq!(redact("sqlite:data/billing.db"), "sqlite:data/billing.db");
     }
 

@@ -141,6 +141,9 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
     tracing::info!(database = %crate::config::redact(&config.database_url), "billing-worker starting");
     let deadline = Duration::from_secs(config.shutdown_secs);
     let delay = Duration::from_secs(config.shutdown_delay_secs);
+    if let Some(url) = &config.amqp_url {
+        crate::queue::check_tls(url).await?;
+    }
     let running = start(config, Clock::system()).await?;
     shutdown_signal().await;
     tracing::info!(deadline_secs = deadline.as_secs(), "shutting down");

@@ -107,6 +107,49 @@ pub async fn ack(d: &lapin::message::Delivery) -> Result<(), QueueError> {
     }
 }
 
+/// The TLS layer's reason, when a connection failed there: the far end does not speak TLS (a plain AMQP port),
+/// or its certificate is not trusted. Retrying does not mend either, so it is said plainly.
+pub fn tls_failure(e: &lapin::Error) -> Option<String> {
+    let lapin::ErrorKind::IOError(io) = e.kind() else { return None };
+    let text = io.to_string();
+    let rustls = io.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+    let lower = text.to_lowercase();
+    (rustls || lower.contains("tls") || lower.contains("certificate") || lower.contains("corrupt message"))
+        .then_some(text)
+}
+
+/// What to tell the operator about a TLS failure to `url`.
+fn tls_advice(url: &str, why: &str) -> String {
+    format!(
+        "AMQP_URL {}: the TLS handshake with the broker failed ({why}); an amqps:// URL needs the broker's TLS port \
+         (RabbitMQ's is 5671) and a certificate the system's roots trust (SSL_CERT_FILE names another bundle)",
+        crate::config::redact(url)
+    )
+}
+
+/// At the start, for an `amqps://` URL: one connection attempt, so a TLS mistake stops the start with a clear
+/// message instead of a reconnect loop. A broker that is away or slow is not a mistake: the worker starts and
+/// reconnects in the background, as with `amqp://`.
+pub async fn check_tls(url: &str) -> Result<(), String> {
+    if !url.starts_with("amqps://") {
+        return Ok(());
+    }
+    match tokio::time::timeout(CONFIRM_TIMEOUT, connect(url)).await {
+        Ok(Ok(conn)) => {
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "bye".into())).await;
+            Ok(())
+        }
+        Ok(Err(e)) => match tls_failure(&e) {
+            Some(why) => Err(tls_advice(url, &why)),
+            None => {
+                tracing::warn!(error = %e, "the broker is not reachable at the start; reconnecting in the background");
+                Ok(())
+            }
+        },
+        Err(_) => Ok(()),
+    }
+}
+
 pub async fn connect(url: &str) -> lapin::Result<Connection> {
     Connection::connect(url, ConnectionProperties::default().with_connection_name("billing-worker".into())).await
 }
@@ -129,7 +172,13 @@ impl Broker {
                     if self.state.set_down() {
                         backoff = Duration::from_millis(200); // it had worked: start the backoff over
                     }
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker session ended; reconnecting");
+                    let retry_in_ms = backoff.as_millis() as u64;
+                    match &e {
+                        QueueError::Amqp(a) if let Some(why) = tls_failure(a) => {
+                            tracing::error!(retry_in_ms, "{}", tls_advice(&self.url, &why))
+                        }
+                        _ => tracing::warn!(error = %e, retry_in_ms, "broker session ended; reconnecting"),
+                    }
                 }
                 Err(panic) => {
                     if self.state.set_down() {

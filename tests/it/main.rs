@@ -4,6 +4,7 @@
 
 mod common;
 
+mod amqp_tls;
 mod api;
 mod commands_http;
 mod deploy_files;
