@@ -44,6 +44,8 @@ pub struct Config {
     pub batch_wait_us: u64,
     /// An HTTP request still unanswered after this many seconds gets 503 `unavailable`.
     pub request_timeout_secs: u64,
+    /// Whether the operator console is served at `/console` (`BILLING_CONSOLE=on|off`).
+    pub console: bool,
     /// How long a SIGTERM may take, from the signal to the exit (`BILLING_SHUTDOWN_SECS`).
     pub shutdown_secs: u64,
     /// How long the worker keeps serving after a SIGTERM with `/readyz` at 503, so load balancers stop sending
@@ -187,7 +189,7 @@ impl Config {
         if batch_wait_us > 100_000 {
             return Err(invalid("BILLING_BATCH_WAIT_US", "must be at most 100000 (0.1 s)"));
         }
-        let request_timeout_secs = parse_u64(get("BILLING_REQUEST_TIMEOUT_SECS"), "BILLING_REQUEST_TIMEOUT_SECS", 30)?;
+        let request_timeout_secs = parse_u64(get("BILLING_REQUEST_TIMEOUT_SECS"), "BILLING_REQUEST_TIMEOUT_SECS", 15)?;
         if !(1..=3_600).contains(&request_timeout_secs) {
             return Err(invalid("BILLING_REQUEST_TIMEOUT_SECS", "must be between 1 and 3600"));
         }
@@ -199,8 +201,25 @@ impl Config {
         if shutdown_delay_secs >= shutdown_secs {
             return Err(invalid("BILLING_SHUTDOWN_DELAY_SECS", "must be less than BILLING_SHUTDOWN_SECS"));
         }
+        // A drain waits for the requests in flight, which may each take up to their deadline.
+        if shutdown_delay_secs + request_timeout_secs >= shutdown_secs {
+            return Err(invalid(
+                "BILLING_SHUTDOWN_SECS",
+                format!(
+                    "must be more than BILLING_SHUTDOWN_DELAY_SECS + BILLING_REQUEST_TIMEOUT_SECS \
+                     ({shutdown_delay_secs} + {request_timeout_secs}), so requests in flight can finish"
+                ),
+            ));
+        }
+
+        let console = match get("BILLING_CONSOLE").as_deref().map(str::trim) {
+            None | Some("on") => true,
+            Some("off") => false,
+            Some(other) => return Err(invalid("BILLING_CONSOLE", format!("expected on or off, got {other:?}"))),
+        };
 
         Ok(Config {
+            console,
             request_timeout_secs,
             shutdown_secs,
             shutdown_delay_secs,
@@ -252,6 +271,7 @@ impl std::fmt::Debug for Config {
             .field("batch_max", &self.batch_max)
             .field("batch_wait_us", &self.batch_wait_us)
             .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("console", &self.console)
             .field("shutdown_secs", &self.shutdown_secs)
             .field("shutdown_delay_secs", &self.shutdown_delay_secs)
             .finish_non_exhaustive()
@@ -364,7 +384,9 @@ mod tests {
             ("BILLING_REQUEST_TIMEOUT_SECS", "0"),
             ("BILLING_REQUEST_TIMEOUT_SECS", "a minute"),
             ("BILLING_SHUTDOWN_SECS", "0"),
+            ("BILLING_CONSOLE", "maybe"),
             ("BILLING_SHUTDOWN_DELAY_SECS", "20"),
+            ("BILLING_SHUTDOWN_SECS", "10"),
             ("BILLING_LOCK_TIMEOUT_MS", "99999999999"),
             ("BILLING_TICK_SECS", "999999999999"),
             ("BILLING_QUEUE_REQUIRE_SIGNATURE", "maybe"),

@@ -197,20 +197,14 @@ impl Broker {
 
     /// One connection's life: declare, consume and publish until an error or `stop`.
     async fn session(&self, stop: &mut watch::Receiver<bool>) -> Result<(), QueueError> {
-        let conn = connect(&self.url).await?;
-        let consume = conn.create_channel().await?;
-        topology::declare(&consume, &self.names).await?;
-        consume.basic_qos(self.prefetch, BasicQosOptions::default()).await?;
-        let publish = conn.create_channel().await?;
-        publish.confirm_select(ConfirmSelectOptions::default()).await?;
-        let mut deliveries = consume
-            .basic_consume(
-                self.names.commands.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        // Setting up holds nothing yet, so a stop ends it at once (a broker that is away or slow must not hold
+        // the shutdown until its deadline).
+        let setup = tokio::select! {
+            r = self.setup() => r?,
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        };
+        // `_consume` keeps the consuming channel's handle for the session's life.
+        let (conn, _consume, publish, mut deliveries) = setup;
         self.state.set_up();
         tracing::info!(queue = %self.names.commands, "consuming commands");
         // The watchdog ends the session as soon as the connection is lost, wherever the work is waiting (an ack
@@ -226,6 +220,25 @@ impl Broker {
         result
     }
 
+    /// Connect, declare the topology, and start consuming.
+    async fn setup(&self) -> Result<(Connection, lapin::Channel, lapin::Channel, lapin::Consumer), QueueError> {
+        let conn = connect(&self.url).await?;
+        let consume = conn.create_channel().await?;
+        topology::declare(&consume, &self.names).await?;
+        consume.basic_qos(self.prefetch, BasicQosOptions::default()).await?;
+        let publish = conn.create_channel().await?;
+        publish.confirm_select(ConfirmSelectOptions::default()).await?;
+        let deliveries = consume
+            .basic_consume(
+                self.names.commands.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((conn, consume, publish, deliveries))
+    }
+
     async fn work(
         &self,
         conn: &Connection,
@@ -233,9 +246,18 @@ impl Broker {
         deliveries: &mut lapin::Consumer,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), QueueError> {
+        let mut publisher_stop = stop.clone();
+        let consume = self.consume(conn, publish, deliveries, stop);
+        let publisher = self.publish_loop(publish, &mut publisher_stop);
+        tokio::pin!(consume, publisher);
         tokio::select! {
-            r = self.consume(conn, publish, deliveries, stop) => r,
-            r = self.publish_loop(publish) => r,
+            // Stopped (or failed): a stopping publisher finishes the batch it is in, so a clean stop publishes
+            // no event twice; a failed session drops it (its connection is gone).
+            r = &mut consume => {
+                r?;
+                publisher.await
+            }
+            r = &mut publisher => r,
         }
     }
 
@@ -253,12 +275,16 @@ impl Broker {
         let mut check = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
-                _ = stop.changed() => {
-                    // Finish what is in flight (it is acked after its commit); the rest stays with the broker.
+                _ = async { drop(stop.wait_for(|s| *s).await) } => {
+                    // Settle what is in flight (each is acked after its commit), every one of them even when one
+                    // fails; the deliveries not started stay with the broker and come back unacked.
+                    let mut first = Ok(());
                     while let Some(r) = inflight.join_next().await {
-                        settled(r)?;
+                        if let Err(e) = settled(r) {
+                            first = first.and(Err(e));
+                        }
                     }
-                    return Ok(());
+                    return first;
                 }
                 d = deliveries.next(), if inflight.len() < cap => match d {
                     Some(Ok(delivery)) => {
@@ -278,16 +304,23 @@ impl Broker {
     }
 
     /// Publish the outbox whenever there is something to publish (under the lease).
-    async fn publish_loop(&self, publish: &lapin::Channel) -> Result<(), QueueError> {
+    async fn publish_loop(&self, publish: &lapin::Channel, stop: &mut watch::Receiver<bool>) -> Result<(), QueueError> {
         let mut lease: Option<Lease> = None;
         loop {
+            let stopping = *stop.borrow();
+            if stopping {
+                return Ok(());
+            }
             match self.publish_outbox(publish, &mut lease).await {
                 Ok(n) if n >= publisher::BATCH as usize => continue,
                 Ok(_) => {}
                 Err(QueueError::Store(e)) => tracing::warn!(error = %e, "outbox read failed; retrying"),
                 Err(other) => return Err(other),
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            }
         }
     }
 }

@@ -221,3 +221,52 @@ fn every_metric_the_alerts_use_is_exported() {
         assert!(src.contains(&format!("\"{m}\"")), "alerts.yaml uses {m}, which the worker does not export");
     }
 }
+
+/// `KEY: "value"` or `KEY=value` settings of the worker's variables in `text` (YAML maps, env files).
+fn settings(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let (k, v) = l.split_once(": ").or_else(|| l.split_once('='))?;
+            let k = k.trim();
+            // The catalog file is checked by its own test (its path exists only in the target).
+            let wanted = (k.starts_with("BILLING_") || k.starts_with("STRIPE_"))
+                && k == k.to_uppercase()
+                && k != "BILLING_CONFIG";
+            wanted.then(|| (k.to_owned(), v.trim().trim_matches('"').to_owned()))
+        })
+        .collect()
+}
+
+fn number_after(text: &str, key: &str) -> u64 {
+    let rest = text.split(key).nth(1).unwrap_or_else(|| panic!("{key} not found"));
+    rest.trim_start_matches([':', '=', ' '])
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+/// The settings each target ships are a configuration the worker accepts (the shutdown deadline against the
+/// request deadline and the delay, for one), and each supervisor waits longer than the drain may take.
+#[test]
+fn each_targets_settings_load_and_its_grace_outlasts_the_drain() {
+    for (file, grace_key) in [
+        ("deploy/k8s/configmap.example.yaml", ("deploy/k8s/deployment.yaml", "terminationGracePeriodSeconds")),
+        ("deploy/systemd/env.example", ("deploy/systemd/billing-worker.service", "TimeoutStopSec")),
+        ("deploy/docker/compose.yaml", ("deploy/docker/compose.yaml", "stop_grace_period")),
+    ] {
+        let vars: std::collections::HashMap<String, String> = settings(&read(file)).into_iter().collect();
+        let config = billing_worker::config::Config::from_lookup(|k| vars.get(k).cloned())
+            .unwrap_or_else(|e| panic!("{file}: the worker refuses these settings: {e}"));
+        let grace = number_after(&read(grace_key.0), grace_key.1);
+        assert!(
+            grace > config.shutdown_secs,
+            "{}: {} = {grace} s must exceed BILLING_SHUTDOWN_SECS = {} s",
+            grace_key.0,
+            grace_key.1,
+            config.shutdown_secs
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! are answered, the consumer leaves unacked what it has not committed, and the process exits within
 //! `BILLING_SHUTDOWN_SECS`; nothing acknowledged is lost and nothing is applied twice.
 
-use crate::common::amqp::{AMQP, channel, cleanup, prefix};
+use crate::common::amqp::{AMQP, channel, cleanup, drain, event_queue, prefix};
 use crate::common::proc::{Proc, admin_key, free_port, ledger_problems, log_dir, strings};
 use crate::common::{client, fresh_url, spawn_app};
 use lapin::BasicProperties;
@@ -63,8 +63,11 @@ async fn sigterm_under_load_loses_nothing_and_exits_within_the_deadline() {
         ("BILLING_AMQP_PREFIX", p.as_str()),
         ("BILLING_RETRY_DELAYS_MS", "300,600"),
         ("BILLING_SHUTDOWN_SECS", "10"),
-        ("BILLING_SHUTDOWN_DELAY_SECS", "1"),
+        ("BILLING_SHUTDOWN_DELAY_SECS", "3"),
+        ("BILLING_REQUEST_TIMEOUT_SECS", "5"),
     ];
+    let (_events_conn, events_ch) = channel().await;
+    let events = event_queue(&events_ch, &p).await;
     let mut w = Proc::spawn(port, &env, &logs.join("worker.log"));
     w.ready(true).await;
     let http = client();
@@ -78,7 +81,7 @@ async fn sigterm_under_load_loses_nothing_and_exits_within_the_deadline() {
     }
 
     let done = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let acked: Arc<Mutex<Vec<(String, String, Instant)>>> = Arc::default();
     let mut clients = vec![];
     for c in 0..8 {
         let (base, admin, done, acked) = (w.base.clone(), admin.clone(), done.clone(), acked.clone());
@@ -92,7 +95,7 @@ async fn sigterm_under_load_loses_nothing_and_exits_within_the_deadline() {
                 let body = json!({"operation": "chat.message", "quantity": 1, "user_id": "u", "idempotency_key": key});
                 let url = format!("{base}/v1/accounts/{acc}/debits");
                 match http.post(url).bearer_auth(&admin).json(&body).send().await {
-                    Ok(r) if r.status() == 201 => acked.lock().unwrap().push((acc, key)),
+                    Ok(r) if r.status() == 201 => acked.lock().unwrap().push((acc, key, Instant::now())),
                     Ok(r) if r.status() == 503 => tokio::time::sleep(Duration::from_millis(5)).await,
                     Ok(r) => panic!("debit answered {}", r.status()),
                     Err(_) => tokio::time::sleep(Duration::from_millis(5)).await, // refused: the worker stopped
@@ -141,7 +144,7 @@ async fn sigterm_under_load_loses_nothing_and_exits_within_the_deadline() {
         if r.status() == 503 {
             break r.json::<serde_json::Value>().await.unwrap();
         }
-        assert!(term.elapsed() < Duration::from_millis(900), "not ready within the delay");
+        assert!(term.elapsed() < Duration::from_millis(2500), "not ready within the delay");
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     assert_eq!((not_ready["shutting_down"].as_bool(), not_ready["database"].as_str()), (Some(true), Some("up")));
@@ -155,7 +158,8 @@ async fn sigterm_under_load_loses_nothing_and_exits_within_the_deadline() {
     }
     publisher.await.unwrap();
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > before_term, "debits were answered during the delay too");
+    let during_delay = acked.iter().filter(|(_, _, at)| *at > term + Duration::from_millis(500)).count();
+    assert!(during_delay > 0, "debits were still answered during the delay");
 
     // Back up: the commands the first run left with the broker are applied now.
     let w = Proc::spawn(port, &env, &logs.join("worker-2.log"));
@@ -175,9 +179,24 @@ async fn sigterm_under_load_loses_nothing_and_exits_within_the_deadline() {
     }
     let keys: std::collections::HashSet<String> =
         strings(&db, "SELECT key FROM effects WHERE key LIKE 'debit:%'").await.into_iter().collect();
-    let lost = acked.iter().filter(|(_, k)| !keys.contains(&format!("debit:{k}"))).count();
+    let lost = acked.iter().filter(|(_, k, _)| !keys.contains(&format!("debit:{k}"))).count();
     assert_eq!(lost, 0, "every acknowledged debit is in the ledger");
     assert_eq!(ledger_problems(&db).await, Vec::<String>::new());
+    // Every event of the outbox reached the exchange, and none twice: the stopping publisher finished its batch.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !strings(&db, "SELECT event_id FROM outbox WHERE published_at IS NULL LIMIT 1").await.is_empty() {
+        assert!(Instant::now() < deadline, "the outbox drains");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut seen = vec![];
+    drain(&events, &mut seen, Duration::from_secs(2)).await;
+    let mut arrivals = std::collections::HashMap::<String, usize>::new();
+    for (_, id) in seen {
+        *arrivals.entry(id).or_default() += 1;
+    }
+    let outbox = strings(&db, "SELECT event_id FROM outbox").await;
+    assert!(outbox.iter().all(|id| arrivals.contains_key(id)), "every outbox event was published");
+    assert_eq!(arrivals.values().filter(|n| **n > 1).count(), 0, "no event published twice by a clean stop");
     drop(w);
     cleanup(&p).await;
 }
