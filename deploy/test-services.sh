@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start (installing first, on a fresh Debian machine) the services the test suite talks to:
 # PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth, database `test`) and RabbitMQ on 127.0.0.1:5672
-# (guest/guest).
+# (guest/guest); and the tools some tests use (curl, python3-venv, openssl, chromium with chromedriver).
 # Idempotent: services already running are left alone. Also drops the per-test databases of earlier runs.
 set -euo pipefail
 
@@ -60,9 +60,19 @@ need_tools() {
   fi
 }
 
+# Headless Chromium and its WebDriver for the console's browser tests.
+need_browser() {
+  if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    log "installing chromium and chromium-driver"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium chromium-driver >/dev/null
+  fi
+}
+
 start_postgres
 start_rabbitmq
 need_tools
+need_browser
 psql -h 127.0.0.1 -U postgres -d postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 \
   || psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE test"
 # Per-test databases of earlier runs.

@@ -12,6 +12,7 @@ pub mod cli_ops;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod http;
 pub mod inbox;

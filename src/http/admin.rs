@@ -30,6 +30,12 @@ pub async fn adjust(
     Path(account): Path<String>,
     Body(a): Body<AdjustmentRequest>,
 ) -> Result<(StatusCode, Json<Adjustment>), ApiError> {
+    let out = adjust_account(&app, account, &a).await?;
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+/// An operator's adjustment, checked and applied: the API's and the console's one path.
+pub async fn adjust_account(app: &AppState, account: String, a: &AdjustmentRequest) -> Result<Adjustment, ApiError> {
     if a.credits == 0 || !(-1_000_000_000..=1_000_000_000).contains(&a.credits) {
         return Err(ApiError::BadRequest(format!(
             "credits must be non-zero and at most 1000000000 either way, got {}",
@@ -54,7 +60,7 @@ pub async fn adjust(
     };
     let out = app.store.execute(req).await?;
     let r = out.applied();
-    Ok((StatusCode::CREATED, Json(Adjustment { credits: r.credits, balance: r.balance.get() })))
+    Ok(Adjustment { credits: r.credits, balance: r.balance.get() })
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -110,7 +116,12 @@ pub async fn failed(
 #[utoipa::path(post, path = "/v1/admin/failed-events/{id}/replay", security(("bearer" = [])), params(("id" = String, Path, description = "inbox id or event id")),
     responses((status = 200, body = Replay), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn replay(_: Admin, State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<Replay>, ApiError> {
-    let row = app.store.inbox_get(&id).await?.ok_or_else(|| ApiError::NotFound(format!("no stored event {id}")))?;
+    Ok(Json(replay_stored(&app, &id).await?))
+}
+
+/// Decide a stored event again (by inbox id or event id): the API's and the console's one path.
+pub async fn replay_stored(app: &AppState, id: &str) -> Result<Replay, ApiError> {
+    let row = app.store.inbox_get(id).await?.ok_or_else(|| ApiError::NotFound(format!("no stored event {id}")))?;
     let now = app.clock.now();
     let (status, duplicate, detail) = if row.source == crate::commands::SOURCE {
         let o = app.commander.replay(row.id, now).await?;
@@ -126,7 +137,7 @@ pub async fn replay(_: Admin, State(app): State<AppState>, Path(id): Path<String
         _ => "failed",
     };
     let error = (outcome == "failed" || outcome == "waiting").then_some(detail).flatten();
-    Ok(Json(Replay { outcome: outcome.into(), error }))
+    Ok(Replay { outcome: outcome.into(), error })
 }
 
 #[utoipa::path(post, path = "/v1/commands", request_body(content = String, description = "a command: {type, id, ...} (SPEC §6)", content_type = "application/json"),

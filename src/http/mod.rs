@@ -2,8 +2,8 @@
 //! Routes are thin: they check input and call the store, the intake or the commander; every error goes through
 //! [`error::ApiError`].
 
-mod accounts;
-mod admin;
+pub mod accounts;
+pub mod admin;
 pub mod error;
 mod extract;
 mod health;
@@ -105,7 +105,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(openapi::serve))
+        .route("/openapi.json", get(openapi::serve));
+    let routes = if state.config.console { routes.nest("/console", crate::console::routes()) } else { routes };
+    let routes = routes
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })
         .layer(CatchPanicLayer::custom(panicked))

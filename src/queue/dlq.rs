@@ -9,6 +9,18 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 
+/// How many messages are parked (the operator console's count).
+pub async fn parked(url: &str, names: &Names) -> Result<u64, QueueError> {
+    let conn = super::timely(connect(url)).await?;
+    let ch = conn.create_channel().await?;
+    topology::declare(&ch, names).await?;
+    let q = ch
+        .queue_declare(names.dead.as_str().into(), QueueDeclareOptions::default().passive(), FieldTable::default())
+        .await?;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.close(200, "bye".into())).await;
+    Ok(q.message_count() as u64)
+}
+
 /// Requeue up to `limit` parked messages (all when `None`); calls `progress(done, total)` after each.
 pub async fn requeue(
     url: &str,

@@ -102,7 +102,13 @@ fn sql(text: String) -> sqlx::AssertSqlSafe<String> {
 pub struct InboxFilter {
     pub status: Option<InboxStatus>,
     pub source: Option<String>,
+    /// The event's type (`invoice.paid`, `package.purchased`).
+    pub kind: Option<String>,
+    /// Last seen at or after `since`, and at or before `until`.
     pub since: Option<UnixTime>,
+    pub until: Option<UnixTime>,
+    /// Without a status: only failed and waiting rows.
+    pub problems_only: bool,
     pub after_id: i64,
     pub limit: i64,
 }
@@ -142,7 +148,8 @@ impl Store {
     pub async fn inbox_list(&self, f: &InboxFilter) -> Result<Vec<InboxRow>, StoreError> {
         let q = sql(format!(
             "SELECT {COLUMNS} FROM inbox WHERE ($1 = '' OR status = $1) AND ($2 = '' OR source = $2) \
-             AND last_seen >= $3 AND id > $4 ORDER BY id LIMIT $5"
+             AND last_seen >= $3 AND id > $4 AND ($6 = '' OR type = $6) AND last_seen <= $7 \
+             AND ($8 = 0 OR status IN ('failed', 'waiting')) ORDER BY id LIMIT $5"
         ));
         let rows = sqlx::query(q)
             .bind(f.status.map(InboxStatus::as_str).unwrap_or(""))
@@ -150,6 +157,9 @@ impl Store {
             .bind(f.since.unwrap_or(UnixTime::MIN))
             .bind(f.after_id)
             .bind(if f.limit > 0 { f.limit } else { i64::MAX })
+            .bind(f.kind.as_deref().unwrap_or(""))
+            .bind(f.until.unwrap_or(UnixTime::MAX))
+            .bind(i64::from(f.problems_only))
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(row).collect()

@@ -7,6 +7,8 @@ mod common;
 mod amqp_tls;
 mod api;
 mod commands_http;
+mod console;
+mod console_browser;
 mod deploy_files;
 mod logs;
 mod middleware;

@@ -102,7 +102,10 @@ pub async fn spawn_app_with(backend: &str, t0: i64, extra: &[(&str, &str)]) -> T
     if std::env::var("BW_TEST_LOG").is_ok() {
         let _ = tracing_subscriber::fmt().with_test_writer().with_max_level(tracing::Level::DEBUG).try_init();
     }
-    let db_url = fresh_url(backend).await;
+    let db_url = match extra.iter().find(|(k, _)| *k == "DATABASE_URL") {
+        Some((_, url)) => url.to_string(), // a second worker on an existing database
+        None => fresh_url(backend).await,
+    };
     let mut vars: HashMap<String, String> = HashMap::new();
     vars.insert("DATABASE_URL".into(), db_url.clone());
     vars.insert("BILLING_LISTEN".into(), "127.0.0.1:0".into());

@@ -1,0 +1,253 @@
+//! The console in a real browser (Debian's chromium, headless, driven through chromedriver), as an operator
+//! uses it: sign in with a bad key and a good one, open a failed event made by a price the catalog lacks,
+//! change the catalog and press Replay, see the balance and the chart change, make an adjustment, revoke a key
+//! and see its API calls refused, look at each page at 1,280 and at 390 px, sign out. Each page's screenshot is
+//! saved under the test's output folder (`BILLING_WRITE_SCREENSHOTS=1` also writes them to `docs/console/`).
+
+use crate::common::stripe::{checkout, event};
+use crate::common::{TestApp, client, spawn_app_with};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const T0: i64 = 1_780_000_000;
+const DAY: i64 = 86_400;
+
+struct Browser {
+    client: Client,
+    driver: Child,
+    shots: PathBuf,
+    docs: Option<PathBuf>,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = crate::common::proc::free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver is required (deploy/test-services.sh installs Debian's chromium-driver)");
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({"args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,900"]}),
+        );
+        let mut client = None;
+        for _ in 0..100 {
+            let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(caps.clone())
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await;
+            if let Ok(c) = c {
+                client = Some(c);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+        std::fs::create_dir_all(&shots).unwrap();
+        let docs = std::env::var("BILLING_WRITE_SCREENSHOTS")
+            .is_ok()
+            .then(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/console"));
+        Browser { client: client.expect("a WebDriver session with chromium"), driver, shots, docs }
+    }
+
+    async fn shot(&self, name: &str) {
+        let png = self.client.screenshot().await.unwrap();
+        std::fs::write(self.shots.join(format!("{name}.png")), &png).unwrap();
+        if let Some(d) = &self.docs {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join(format!("{name}.png")), &png).unwrap();
+        }
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).text().await.unwrap()
+    }
+
+    async fn fill(&self, css: &str, value: &str) {
+        let e = self.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}"));
+        e.clear().await.unwrap();
+        e.send_keys(value).await.unwrap();
+    }
+
+    async fn click(&self, css: &str) {
+        self.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).click().await.unwrap();
+    }
+
+    async fn path(&self) -> String {
+        self.client.current_url().await.unwrap().path().to_owned()
+    }
+
+    /// The page is no wider than the window (nothing to scroll sideways but the tables' own scroll boxes).
+    async fn fits(&self) -> bool {
+        let v = self.client.execute("return document.documentElement.scrollWidth <= window.innerWidth;", vec![]);
+        v.await.unwrap().as_bool().unwrap()
+    }
+}
+
+async fn worker(db: Option<&str>, catalog: Option<&str>) -> TestApp {
+    let mut extra = vec![];
+    if let Some(db) = db {
+        extra.push(("DATABASE_URL", db));
+    }
+    if let Some(c) = catalog {
+        extra.push(("BILLING_CONFIG", c));
+    }
+    spawn_app_with("sqlite", T0, &extra).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_replays_a_failed_event_adjusts_and_revokes_in_a_browser() {
+    // A week of usage, then a purchase of a package the catalog does not know yet.
+    let app = worker(None, None).await;
+    let admin = app.key("admin").await;
+    let service = app.key("service").await;
+    app.account(&admin, "acc_x").await;
+    app.grant(&admin, "acc_x", 100).await;
+    for d in 0..7 {
+        app.clock.set(app.clock.now() + DAY);
+        for (i, op) in ["chat.message", "image.1080p", "chat.message"].iter().enumerate().take(1 + d as usize % 3) {
+            let body = json!({"operation": op, "quantity": 1, "user_id": "u", "idempotency_key": format!("d{d}-{i}")});
+            let (s, b) = app.call("POST", "/v1/accounts/acc_x/debits", Some(&service), Some(body)).await;
+            assert_eq!(s, 201, "{b}");
+        }
+    }
+    let meta = json!({"credits_package": "credits_42"});
+    let cs = checkout("cs_42", Some("acc_x"), None, "pi_42", meta, true);
+    app.deliver(&event("evt_unknown_pkg", "checkout.session.completed", app.clock.now().secs(), cs)).await;
+    let markup = json!({"credits_package": "<script>alert(1)</script>"});
+    let cs = checkout("cs_markup", Some("acc_x"), None, "pi_markup", markup, true);
+    app.deliver(&event("evt_markup", "checkout.session.completed", app.clock.now().secs(), cs)).await;
+    let before = app.balance("acc_x").await;
+
+    let b = Browser::start().await;
+    let base = app.base.clone();
+    b.client.goto(&format!("{base}/console")).await.unwrap();
+    assert_eq!(b.path().await, "/console/login", "not signed in: the sign-in page");
+    b.shot("sign-in").await;
+    b.fill("input[name=key]", "bwk_0000_not-a-key").await;
+    b.click("button[type=submit]").await;
+    assert!(b.text(".msg.bad").await.contains("not an admin API key"));
+    b.fill("input[name=key]", &admin).await;
+    b.click("button[type=submit]").await;
+    assert_eq!(b.path().await, "/console");
+    assert_eq!(b.text("#failed-count").await, "2");
+    b.shot("overview").await;
+
+    b.client.goto(&format!("{base}/console/events")).await.unwrap();
+    let listed = b.text("table").await;
+    assert!(listed.contains("evt_unknown_pkg") && listed.contains("unknown package"), "{listed}");
+    assert!(listed.contains("<script>alert(1)</script>"), "the markup is shown as text: {listed}");
+    assert!(b.client.get_alert_text().await.is_err(), "and not run");
+    b.shot("failed-events").await;
+    b.client.goto(&format!("{base}/console/accounts/acc_x")).await.unwrap();
+    let chart_before =
+        b.client.find(Locator::Css("#balance-chart polyline")).await.unwrap().attr("points").await.unwrap();
+
+    // The catalog learns the package; the worker restarts with it (sessions live in the database).
+    let db = app.db_url.clone();
+    let now = app.clock.now();
+    app.shutdown().await;
+    let dir = std::env::temp_dir().join(format!("bw-console-{}", crate::common::unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let catalog = dir.join("catalog.toml");
+    std::fs::write(&catalog, "[packages.credits_42]\ncredits = 42\n").unwrap();
+    let app = worker(Some(&db), Some(catalog.to_str().unwrap())).await;
+    app.clock.set(now);
+    let base = app.base.clone();
+    b.client.goto(&format!("{base}/console/events/evt_unknown_pkg")).await.unwrap();
+    assert_eq!(b.path().await, "/console/events/evt_unknown_pkg", "still signed in on the restarted worker");
+    b.shot("failed-event").await;
+    b.click("form[action$='/replay'] button").await;
+    assert_eq!(b.text(".msg strong").await, "applied");
+    b.shot("replayed").await;
+    // "Replay all shown" on what is left: the markup package still fails, and says so in its row.
+    b.client.goto(&format!("{base}/console/events")).await.unwrap();
+    b.click("#replay-all button").await;
+    let row = b.client.find(Locator::Css("td[id^=result-]")).await.unwrap();
+    let mut result = String::new();
+    for _ in 0..100 {
+        result = row.text().await.unwrap();
+        if !result.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(result.starts_with("failed: unknown package"), "{result}");
+    assert_eq!(b.text("#replay-count").await, "1 of 1 replayed");
+    b.shot("replay-all").await;
+
+    b.client.goto(&format!("{base}/console/accounts?q=acc_x")).await.unwrap();
+    assert_eq!(b.path().await, "/console/accounts/acc_x");
+    assert_eq!(b.text("#balance").await, format!("{} credits", before + 42));
+    let chart_after =
+        b.client.find(Locator::Css("#balance-chart polyline")).await.unwrap().attr("points").await.unwrap();
+    assert_ne!(chart_before, chart_after, "the chart shows the grant");
+    let bars = b.client.find_all(Locator::Css("#usage-chart rect.bar")).await.unwrap().len();
+    assert!(bars >= 7, "a bar per day and operation: {bars}");
+    let cause = b.client.find(Locator::Css("a[href='/console/events/evt_unknown_pkg']")).await;
+    assert!(cause.is_ok(), "the grant's ledger entry links to the event that made it");
+    b.client.set_window_size(1280, 2400).await.unwrap();
+    b.shot("account").await;
+    b.client.set_window_size(1280, 900).await.unwrap();
+
+    b.fill("input[name=credits]", "10").await;
+    b.fill("input[name=reason]", "goodwill for the outage").await;
+    b.click("form[action$='/adjust'] button").await;
+    assert!(b.text(".msg").await.contains("Add 10 credits to account acc_x"));
+    b.shot("adjustment-confirm").await;
+    b.click("form[action$='/adjust/apply'] button").await;
+    assert!(b.text(".msg.ok").await.contains("Adjusted by 10 credits"));
+    assert_eq!(b.text("#balance").await, format!("{} credits", before + 52));
+    assert_eq!(app.balance("acc_x").await, before + 52, "the ledger has it");
+
+    // Revoke the service key; its API calls are refused.
+    let (s, _) = app.call("GET", "/v1/accounts/acc_x/balance", Some(&service), None).await;
+    assert_eq!(s, 200);
+    b.client.goto(&format!("{base}/console/keys")).await.unwrap();
+    let service_id = service.split('_').nth(1).unwrap();
+    b.click(&format!("form[action='/console/keys/{service_id}/revoke'] button")).await;
+    let (s, _) = app.call("GET", "/v1/accounts/acc_x/balance", Some(&service), None).await;
+    assert_eq!(s, 401, "a revoked key is refused");
+    b.shot("api-keys").await;
+
+    b.client.goto(&format!("{base}/console/parked")).await.unwrap();
+    assert!(b.text(".msg").await.contains("No broker is configured"));
+    b.shot("parked").await;
+    b.client.goto(&format!("{base}/console/catalog")).await.unwrap();
+    assert!(b.text("main").await.contains("credits_42"));
+    b.shot("catalog").await;
+
+    // The same pages on a phone.
+    b.client.set_window_size(390, 844).await.unwrap();
+    for (page, name) in [
+        ("/console", "overview-390"),
+        ("/console/events", "failed-events-390"),
+        ("/console/accounts/acc_x", "account-390"),
+    ] {
+        b.client.goto(&format!("{base}{page}")).await.unwrap();
+        assert!(b.fits().await, "{page} fits 390 px");
+        b.shot(name).await;
+    }
+    b.client.set_window_size(1280, 900).await.unwrap();
+    b.client.goto(&format!("{base}/console")).await.unwrap();
+    b.click("header form button").await;
+    assert_eq!(b.path().await, "/console/login");
+    b.client.goto(&format!("{base}/console/accounts/acc_x")).await.unwrap();
+    assert_eq!(b.path().await, "/console/login", "signed out: pages redirect to the sign-in");
+    let _ = client();
+    b.client.clone().close().await.unwrap();
+    app.shutdown().await;
+}
