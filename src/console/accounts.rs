@@ -91,15 +91,13 @@ async fn page_view(app: &AppState, op: &Operator, account: &str, p: &Period) -> 
     let entries = app.store.entries_page(account, 0, from, to + 1, CHART_ENTRIES).await?;
     let before = app.store.entries_before(account, from).await?;
     let points: Vec<(UnixTime, i64)> = entries.iter().map(|e| (e.at, e.balance_after)).collect();
-    let mut cycles: Vec<UnixTime> = entries.iter().filter(|e| e.kind == "allocation").map(|e| e.at).collect();
+    let truncated = entries.len() as i64 == CHART_ENTRIES;
+    // A cycle's allocation is a grant caused by `cycle:SUB:START`; the current cycle's ends are known too.
+    let mut cycles: Vec<UnixTime> = entries.iter().filter(|e| e.cause.starts_with("cycle:")).map(|e| e.at).collect();
     if let Some((start, end)) = v.cycle {
         cycles.extend([start, end]);
     }
-    let debits: Vec<(UnixTime, String, i64)> = entries
-        .iter()
-        .filter(|e| e.kind == "debit" || e.kind == "capture")
-        .map(|e| (e.at, e.operation.clone().unwrap_or_else(|| "other".into()), -e.amount))
-        .collect();
+    let debits = app.store.usage_by_day(account, from, to).await?;
     let ledger = app.store.entries_page(account, p.after, UnixTime::MIN, UnixTime::MAX, LEDGER_PAGE).await?;
     let next = (ledger.len() as i64 == LEDGER_PAGE).then(|| ledger.last().map(|e| e.id)).flatten();
     let enc = urlencode(account);
@@ -123,7 +121,10 @@ async fn page_view(app: &AppState, op: &Operator, account: &str, p: &Period) -> 
             button type="submit" { "Show" }
         }
         (charts::balance(before, &points, from, to, &cycles))
-        p.muted { "Dashed lines: cycle boundaries." }
+        p.muted {
+            "Dashed lines: cycle boundaries."
+            @if truncated { " The chart shows the first " (CHART_ENTRIES) " changes of the period; choose a shorter one to see the rest." }
+        }
         h2 { "Usage by day" }
         (charts::usage(&debits, from, to))
         p { a href={ "/console/accounts/" (enc) "/usage.csv?" (range) } { "Usage CSV" } " · " a href={ "/console/accounts/" (enc) "/ledger.csv?" (range) } { "Ledger CSV" } }
@@ -155,8 +156,8 @@ async fn page_view(app: &AppState, op: &Operator, account: &str, p: &Period) -> 
             tbody { @for e in &ledger { (entry(e)) } }
         } }
         p.pager {
-            @if p.after > 0 { a href={ "/console/accounts/" (enc) } { "← First page" } }
-            @if let Some(n) = next { a href={ "/console/accounts/" (enc) "?after=" (n) } { "Next page →" } }
+            @if p.after > 0 { a href={ "/console/accounts/" (enc) "?" (range) } { "← First page" } }
+            @if let Some(n) = next { a href={ "/console/accounts/" (enc) "?" (range) "&after=" (n) } { "Next page →" } }
         }
     };
     Ok((markup, v.account))
@@ -164,9 +165,10 @@ async fn page_view(app: &AppState, op: &Operator, account: &str, p: &Period) -> 
 
 /// A cause links to the event or command that made it, when it names one.
 fn entry(e: &EntryRow) -> Markup {
-    let link = ["event:", "command:"].iter().find_map(|p| e.cause.strip_prefix(p)).map(|rest| {
+    let link = [("event:", "stripe"), ("command:", "queue")].iter().find_map(|(prefix, source)| {
+        let rest = e.cause.strip_prefix(prefix)?;
         let id = rest.split([' ', ':']).next().unwrap_or(rest);
-        format!("/console/events/{}", urlencode(id))
+        Some(format!("/console/events/{}?source={source}", urlencode(id)))
     });
     html! { tr {
         td { (when(Some(e.at))) }
@@ -189,8 +191,16 @@ pub async fn show(
     Ok(page(&op, &format!("Account {name}"), markup))
 }
 
+/// A text cell of a CSV the operator opens in a spreadsheet: quoted as needed, and a leading `=`, `+`, `-`, `@`
+/// (which a spreadsheet would run as a formula) made plain text.
+fn csv_text(s: &str) -> String {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) { csv_field(&format!("'{s}")) } else { csv_field(s) }
+}
+
 fn csv(name: &str, body: String) -> Response {
-    let disposition = format!("attachment; filename=\"{name}\"");
+    let safe: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+    let disposition = format!("attachment; filename=\"{safe}\"");
     ([(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()), (header::CONTENT_DISPOSITION, disposition)], body)
         .into_response()
 }
@@ -215,9 +225,9 @@ pub async fn ledger_csv(
                 e.kind,
                 e.amount,
                 e.balance_after,
-                csv_field(&e.cause),
-                csv_field(e.user_id.as_deref().unwrap_or("")),
-                csv_field(e.operation.as_deref().unwrap_or(""))
+                csv_text(&e.cause),
+                csv_text(e.user_id.as_deref().unwrap_or("")),
+                csv_text(e.operation.as_deref().unwrap_or(""))
             ));
         }
         match rows.last() {
@@ -239,9 +249,20 @@ pub async fn usage_csv(
     let rows = app.store.usage(&account, from, to, crate::store::GroupBy::Day).await?;
     let mut out = String::from("day,credits,count\n");
     for r in rows {
-        out.push_str(&format!("{},{},{}\n", csv_field(&r.key), r.credits, r.count));
+        out.push_str(&format!("{},{},{}\n", csv_text(&r.key), r.credits, r.count));
     }
     Ok(csv(&format!("{account}-usage.csv"), out))
+}
+
+/// Credits to adjust by: a whole number, not 0, at most 10^9 either way (the API's rule, said before the
+/// confirmation rather than after it).
+fn credits(v: &str) -> Result<i64, ConsoleError> {
+    match v.trim().parse::<i64>() {
+        Ok(n) if n != 0 && (-1_000_000_000..=1_000_000_000).contains(&n) => Ok(n),
+        _ => Err(ConsoleError::BadInput(format!(
+            "credits: a whole number, not 0, at most 1000000000 either way; got {v:?}"
+        ))),
+    }
 }
 
 #[derive(Deserialize)]
@@ -265,11 +286,10 @@ pub async fn adjust_confirm(
     Form(a): Form<Adjust>,
 ) -> Result<Markup, ConsoleError> {
     op.check(&a.csrf)?;
-    let credits: i64 = a
-        .credits
-        .trim()
-        .parse()
-        .map_err(|_| ConsoleError::BadInput(format!("credits: a whole number, got {:?}", a.credits)))?;
+    let credits = credits(&a.credits)?;
+    if a.reason.trim().is_empty() || a.reason.len() > 256 || a.reason.contains('\0') {
+        return Err(ConsoleError::BadInput("reason: 1 to 256 characters".into()));
+    }
     let v = app.store.account(&account, app.clock.now()).await?;
     let mut buf = [0u8; 12];
     getrandom::getrandom(&mut buf).expect("the OS random source");
@@ -299,14 +319,33 @@ pub async fn adjust_apply(
     Form(a): Form<Adjust>,
 ) -> Result<Response, ConsoleError> {
     op.check(&a.csrf)?;
-    let credits: i64 = a
-        .credits
-        .trim()
-        .parse()
-        .map_err(|_| ConsoleError::BadInput(format!("credits: a whole number, got {:?}", a.credits)))?;
+    let credits = credits(&a.credits)?;
     let req = AdjustmentRequest { credits, reason: a.reason.clone(), idempotency_key: a.key.clone() };
     let out = adjust_account(&app, account.clone(), &req).await?;
     tracing::info!(account = %account, credits = out.credits, "console: adjustment");
     let done = format!("Adjusted by {} credits; the balance is {}.", out.credits, out.balance);
     Ok(Redirect::to(&format!("/console/accounts/{}?done={}", urlencode(&account), urlencode(&done))).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_text_cannot_become_a_formula() {
+        assert_eq!(csv_text("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(csv_text("+1"), "'+1");
+        assert_eq!(csv_text("@sum"), "'@sum");
+        assert_eq!(csv_text("debit:job-1"), "debit:job-1");
+        assert_eq!(csv_text("a,b"), "\"a,b\"");
+    }
+
+    #[test]
+    fn credits_to_adjust_are_whole_non_zero_and_bounded() {
+        assert_eq!(credits(" 12 ").unwrap(), 12);
+        assert_eq!(credits("-5").unwrap(), -5);
+        for bad in ["0", "", "1.5", "1000000001", "-9223372036854775808"] {
+            assert!(credits(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -81,6 +81,7 @@ pub fn usage(debits: &[(UnixTime, String, i64)], from: UnixTime, to: UnixTime) -
         }
         *days.entry(day(*at)).or_default().entry(op.clone()).or_default() += credits;
     }
+    ops.sort();
     let max = days.values().map(|d| d.values().sum::<i64>()).max().unwrap_or(0).max(1);
     let n = days.len().max(1) as f64;
     let slot = (W - PAD_L - PAD_R) / n;

@@ -65,6 +65,7 @@ fn filter(f: &Filters) -> Result<InboxFilter, ConsoleError> {
         after_id: f.after,
         limit: PAGE,
         problems_only: status.is_none(),
+        ..Default::default()
     })
 }
 
@@ -153,6 +154,9 @@ fn row(r: &InboxRow) -> Markup {
 
 #[derive(Deserialize, Default)]
 pub struct Flash {
+    /// With the event id in the path: which source's event (a Stripe event and a command may share an id).
+    #[serde(default)]
+    source: String,
     #[serde(default)]
     outcome: String,
     #[serde(default)]
@@ -165,7 +169,11 @@ pub async fn detail(
     Path(id): Path<String>,
     Query(flash): Query<Flash>,
 ) -> Result<Markup, ConsoleError> {
-    let r = app.store.inbox_get(&id).await?.ok_or_else(|| ConsoleError::NotFound(format!("no stored event {id}")))?;
+    let found = match flash.source.as_str() {
+        "" => app.store.inbox_get(&id).await?,
+        source => app.store.inbox_find(source, &id).await?,
+    };
+    let r = found.ok_or_else(|| ConsoleError::NotFound(format!("no stored event {id}")))?;
     let pretty = serde_json::from_str::<serde_json::Value>(&r.payload)
         .ok()
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
@@ -243,7 +251,10 @@ pub async fn replay_shown(
     op.check(&shown.csrf)?;
     let mut results = Vec::new();
     for id in shown.id.iter().take(PAGE as usize) {
-        let r = replay_stored(&app, &id.to_string()).await?;
+        // One failing does not stop the others; each says what happened to it.
+        let r = replay_stored(&app, &id.to_string())
+            .await
+            .unwrap_or_else(|e| crate::http::views::Replay { outcome: "failed".into(), error: Some(e.to_string()) });
         results.push((*id, r));
     }
     Ok(page(

@@ -16,7 +16,7 @@ mod ops;
 use crate::http::AppState;
 use crate::store::StoreError;
 use axum::Router;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::{DOCTYPE, Markup, html};
@@ -46,6 +46,24 @@ pub fn routes() -> Router<AppState> {
         .route("/catalog", get(ops::catalog))
         .route("/static/console.css", get(css))
         .route("/static/console.js", get(js))
+        .layer(axum::middleware::map_response(protect))
+}
+
+/// Every console answer: not kept in caches (a page may show a new key, once), not framed, and only our own
+/// script and style run.
+async fn protect(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+             frame-ancestors 'none'; form-action 'self'",
+        ),
+    );
+    r
 }
 
 async fn css() -> impl IntoResponse {

@@ -14,7 +14,7 @@ use serde::Deserialize;
 pub async fn overview(op: Operator, State(app): State<AppState>) -> Result<Markup, ConsoleError> {
     let counts = app.store.inbox_counts().await?;
     let count = |s: &str| counts.iter().filter(|(st, _)| st == s).map(|(_, n)| *n).sum::<i64>();
-    let newest = |status| InboxFilter { status: Some(status), ..Default::default() };
+    let newest = |status| InboxFilter { status: Some(status), newest_first: true, limit: 1, ..Default::default() };
     let failed = app.store.inbox_list(&newest(InboxStatus::Failed)).await?;
     let waiting = app.store.inbox_list(&newest(InboxStatus::Waiting)).await?;
     let database = app.store.ping().await;
@@ -30,10 +30,10 @@ pub async fn overview(op: Operator, State(app): State<AppState>) -> Result<Marku
                 a.card href="/console/events?status=failed" { div.n #failed-count { (count("failed")) } div.l { "failed events · newest " (when(newest_seen(&failed))) } }
                 a.card href="/console/events?status=waiting" { div.n { (count("waiting")) } div.l { "waiting events · newest " (when(newest_seen(&waiting))) } }
                 a.card href="/console/parked" { div.n { @match parked { Some(n) => (n), None => "—" } } div.l { "parked commands" } }
-                div.card { div.n { (lag) " s" } div.l { "outbox lag (" (unpublished) " unpublished)" } }
-                div.card { div.n class={ "status-" (broker) } { (broker) } div.l { "broker" } }
-                div.card { div.n class={ "status-" (if database { "up" } else { "down" }) } { (if database { "up" } else { "down" }) } div.l { "database" } }
-                div.card { div.n { (env!("CARGO_PKG_VERSION")) } div.l { "version · " (option_env!("BILLING_GIT_COMMIT").unwrap_or("unknown")) } }
+                a.card href="/readyz" { div.n { (lag) " s" } div.l { "outbox lag (" (unpublished) " unpublished)" } }
+                a.card href="/readyz" { div.n class={ "status-" (broker) } { (broker) } div.l { "broker" } }
+                a.card href="/readyz" { div.n class={ "status-" (if database { "up" } else { "down" }) } { (if database { "up" } else { "down" }) } div.l { "database" } }
+                a.card href="/metrics" { div.n { (env!("CARGO_PKG_VERSION")) } div.l { "version · " (option_env!("BILLING_GIT_COMMIT").unwrap_or("unknown")) } }
             }
         },
     ))
@@ -51,11 +51,17 @@ async fn parked_count(app: &AppState) -> Option<u64> {
 
 pub async fn parked(op: Operator, State(app): State<AppState>) -> Result<Markup, ConsoleError> {
     let n = parked_count(&app).await;
-    // Every parked message is also kept as a failed command with its reason: the newest of those are shown.
-    let f = InboxFilter { status: Some(InboxStatus::Failed), source: Some("queue".into()), ..Default::default() };
-    let mut rows = app.store.inbox_list(&f).await?;
-    rows.sort_by_key(|r| std::cmp::Reverse(r.last_seen));
-    rows.truncate(20);
+    // Every parked message is also kept as a failed command whose detail is its park reason (reading the
+    // parking queue itself would take messages off it): the newest 20 of those.
+    let f = InboxFilter {
+        status: Some(InboxStatus::Failed),
+        source: Some("queue".into()),
+        detail_prefix: Some(crate::queue::consumer::PARKED.into()),
+        newest_first: true,
+        limit: 20,
+        ..Default::default()
+    };
+    let rows = app.store.inbox_list(&f).await?;
     Ok(page(
         &op,
         "Parked commands",
@@ -71,13 +77,13 @@ pub async fn parked(op: Operator, State(app): State<AppState>) -> Result<Markup,
                     }
                 }
             }
-            h2 { "Newest refused commands (with their park reason)" }
+            h2 { "Newest parked commands, with their x-park-reason" }
             div.scroll { table {
                 thead { tr { th { "Command" } th { "Type" } th { "Reason" } th { "Last seen" } } }
                 tbody { @for r in &rows { tr {
                     td { a href={ "/console/events/" (r.id) } { (r.event_id) } }
                     td { (r.kind) }
-                    td { (r.detail.as_deref().unwrap_or("")) }
+                    td.reason { (r.detail.as_deref().unwrap_or("").trim_start_matches(crate::queue::consumer::PARKED)) }
                     td { (when(Some(r.last_seen))) }
                 } } }
             } }
@@ -158,7 +164,7 @@ pub async fn create_key(
     let scope = Scope::parse(&k.scope)
         .ok_or_else(|| ConsoleError::BadInput(format!("scope: service or admin, got {:?}", k.scope)))?;
     let name = k.name.trim();
-    if name.is_empty() || name.len() > 100 {
+    if name.is_empty() || name.len() > 100 || name.contains('\0') {
         return Err(ConsoleError::BadInput("name: 1 to 100 characters".into()));
     }
     let (key, id) = app.store.create_key(name, scope, app.clock.now()).await?;

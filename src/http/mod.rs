@@ -83,6 +83,12 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    router_with(state, None)
+}
+
+/// The API's routes, and `extra` routes nested at their own paths (the console, from `serve`), all behind the
+/// same middleware.
+pub fn router_with(state: AppState, extra: Option<(&str, Router<AppState>)>) -> Router {
     let routes = Router::new()
         .route("/v1/accounts/{account}/balance", get(accounts::balance))
         .route("/v1/accounts/{account}/entitlements", get(accounts::entitlements))
@@ -106,7 +112,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(openapi::serve));
-    let routes = if state.config.console { routes.nest("/console", crate::console::routes()) } else { routes };
+    let routes = match extra {
+        Some((at, extra)) => routes.nest(at, extra),
+        None => routes,
+    };
     let routes = routes
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { error::ApiError::MethodNotAllowed })

@@ -12,6 +12,9 @@ use lapin::{BasicProperties, Channel, Confirmation};
 use sha2::{Digest, Sha256};
 use std::sync::atomic::Ordering;
 
+/// The start of the failed record's detail of a command that was parked.
+pub const PARKED: &str = "parked: ";
+
 /// What happens to a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -105,7 +108,9 @@ impl Broker {
                     Err(Failure::Malformed(_)) => hash_key(&d.data),
                     _ => message_key(&d),
                 };
-                me.commander.keep_failed(&key, kind.as_deref().unwrap_or("unknown"), &raw, reason, now).await?;
+                // "parked: " marks it as in the parking queue (the console lists those).
+                let detail = format!("{PARKED}{reason}");
+                me.commander.keep_failed(&key, kind.as_deref().unwrap_or("unknown"), &raw, &detail, now).await?;
             }
             if v == Verdict::Ack && me.crash_before_ack.swap(false, Ordering::SeqCst) {
                 return Err(QueueError::SimulatedCrash);

@@ -11,7 +11,14 @@ use lapin::types::FieldTable;
 
 /// How many messages are parked (the operator console's count).
 pub async fn parked(url: &str, names: &Names) -> Result<u64, QueueError> {
-    let conn = super::timely(connect(url)).await?;
+    match tokio::time::timeout(std::time::Duration::from_secs(5), count(url, names)).await {
+        Ok(r) => r,
+        Err(_) => Err(QueueError::Timeout),
+    }
+}
+
+async fn count(url: &str, names: &Names) -> Result<u64, QueueError> {
+    let conn = connect(url).await?;
     let ch = conn.create_channel().await?;
     topology::declare(&ch, names).await?;
     let q = ch

@@ -109,6 +109,10 @@ pub struct InboxFilter {
     pub until: Option<UnixTime>,
     /// Without a status: only failed and waiting rows.
     pub problems_only: bool,
+    /// Only rows whose detail starts with this (`parked: `).
+    pub detail_prefix: Option<String>,
+    /// Newest first (then `after_id` is not used for paging).
+    pub newest_first: bool,
     pub after_id: i64,
     pub limit: i64,
 }
@@ -149,7 +153,9 @@ impl Store {
         let q = sql(format!(
             "SELECT {COLUMNS} FROM inbox WHERE ($1 = '' OR status = $1) AND ($2 = '' OR source = $2) \
              AND last_seen >= $3 AND id > $4 AND ($6 = '' OR type = $6) AND last_seen <= $7 \
-             AND ($8 = 0 OR status IN ('failed', 'waiting')) ORDER BY id LIMIT $5"
+             AND ($8 = 0 OR status IN ('failed', 'waiting')) AND ($9 = '' OR detail LIKE $9 || '%') \
+             ORDER BY id {} LIMIT $5",
+            if f.newest_first { "DESC" } else { "ASC" }
         ));
         let rows = sqlx::query(q)
             .bind(f.status.map(InboxStatus::as_str).unwrap_or(""))
@@ -160,6 +166,7 @@ impl Store {
             .bind(f.kind.as_deref().unwrap_or(""))
             .bind(f.until.unwrap_or(UnixTime::MAX))
             .bind(i64::from(f.problems_only))
+            .bind(f.detail_prefix.as_deref().unwrap_or(""))
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(row).collect()

@@ -22,7 +22,7 @@ impl Store {
     /// Sign in with a presented admin key: a new session, returned as (cookie value, CSRF token); `None` when
     /// the key is not a live admin key. Sessions idle too long are swept on the way.
     pub async fn session_start(&self, key: &str, now: UnixTime) -> Result<Option<(String, String)>, StoreError> {
-        if self.authenticate(key).await? != Some(super::keys::Scope::Admin) {
+        if key.contains('\0') || self.authenticate(key).await? != Some(super::keys::Scope::Admin) {
             return Ok(None);
         }
         let key_id = key.trim_start_matches("bwk_").split('_').next().unwrap_or_default().to_owned();

@@ -216,3 +216,81 @@ async fn search_finds_an_account_by_its_id_or_its_stripe_customer() {
     assert!(status == 400 && body.contains("status: failed, waiting or any"), "{body}");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_new_key_is_shown_once_and_pages_are_not_cached() {
+    let (app, admin) = seeded().await;
+    let s = Session::sign_in(&app.base, &admin).await.unwrap();
+    let r = s.http.get(format!("{}/console/keys", s.base)).header("cookie", format!("bw_console={}", s.cookie));
+    let r = r.send().await.unwrap();
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    let (status, body) =
+        s.post("/console/keys", &[("csrf", &s.csrf), ("name", "image-tool"), ("scope", "service")]).await;
+    assert_eq!(status, 200, "{body}");
+    let key = body.split("id=\"new-key\">").nth(1).and_then(|r| r.split('<').next()).expect("the new key").to_owned();
+    let (s2, _) = app.call("GET", "/v1/accounts/acc_x/balance", Some(&key), None).await;
+    assert_eq!(s2, 200, "the key shown works");
+    let (_, list) = s.get("/console/keys").await;
+    assert!(list.contains("image-tool") && !list.contains(&key), "listed by name, never shown again");
+    for (fields, why) in [
+        (vec![("name", ""), ("scope", "service")], "name: 1 to 100 characters"),
+        (vec![("name", "x"), ("scope", "root")], "scope: service or admin"),
+    ] {
+        let mut f = fields.clone();
+        f.push(("csrf", &s.csrf));
+        let (status, body) = s.post("/console/keys", &f).await;
+        assert!(status == 400 && body.contains(why), "{why}: {status} {body}");
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_adjustment_is_confirmed_before_it_applies_and_bad_amounts_are_refused() {
+    let (app, admin) = seeded().await;
+    let s = Session::sign_in(&app.base, &admin).await.unwrap();
+    let before = app.balance("acc_x").await;
+    for bad in ["0", "ten", "9999999999", "-9223372036854775808"] {
+        let (status, body) =
+            s.post("/console/accounts/acc_x/adjust", &[("csrf", &s.csrf), ("credits", bad), ("reason", "r")]).await;
+        assert!(status == 400 && body.contains("credits: a whole number, not 0"), "{bad}: {status} {body}");
+    }
+    let (status, body) =
+        s.post("/console/accounts/acc_x/adjust", &[("csrf", &s.csrf), ("credits", "7"), ("reason", "goodwill")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(app.balance("acc_x").await, before, "nothing before the confirmation");
+    let key = body.split("name=\"key\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_owned();
+    for _ in 0..2 {
+        let form = [("csrf", s.csrf.as_str()), ("credits", "7"), ("reason", "goodwill"), ("key", &key)];
+        let (status, _) = s.post("/console/accounts/acc_x/adjust/apply", &form).await;
+        assert_eq!(status, 303);
+    }
+    assert_eq!(app.balance("acc_x").await, before + 7, "confirmed twice, applied once");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn parked_commands_are_counted_shown_with_their_reason_and_requeued() {
+    use crate::common::amqp::{app as amqp_app, channel, cleanup, prefix, publish, ready};
+    let p = prefix();
+    let app = amqp_app("sqlite", &p, T0).await;
+    ready(&app).await;
+    let admin = app.key("admin").await;
+    let (_c, ch) = channel().await;
+    publish(&ch, &p, b"this is not JSON").await;
+    let s = Session::sign_in(&app.base, &admin).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let body = loop {
+        let (_, body) = s.get("/console/parked").await;
+        if body.contains("id=\"parked-count\">1<") && body.contains("not JSON") {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "parked: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(body.contains("not JSON"), "the park reason: {body}");
+    let (status, done) = s.post("/console/parked/requeue", &[("csrf", &s.csrf)]).await;
+    assert!(status == 200 && done.contains("1 messages moved back"), "{done}");
+    app.shutdown().await;
+    cleanup(&p).await;
+}

@@ -4,7 +4,7 @@
 //! and see its API calls refused, look at each page at 1,280 and at 390 px, sign out. Each page's screenshot is
 //! saved under the test's output folder (`BILLING_WRITE_SCREENSHOTS=1` also writes them to `docs/console/`).
 
-use crate::common::stripe::{checkout, event};
+use crate::common::stripe::{Line, Shape, Sub, checkout, event, invoice, price, subscription};
 use crate::common::{TestApp, client, spawn_app_with};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
@@ -124,9 +124,28 @@ async fn an_operator_replays_a_failed_event_adjusts_and_revokes_in_a_browser() {
             assert_eq!(s, 201, "{b}");
         }
     }
-    let meta = json!({"credits_package": "credits_42"});
-    let cs = checkout("cs_42", Some("acc_x"), None, "pi_42", meta, true);
-    app.deliver(&event("evt_unknown_pkg", "checkout.session.completed", app.clock.now().secs(), cs)).await;
+    // A subscription to a price the catalog does not map yet (its first cycle began 3 days ago), and its invoice.
+    let now = app.clock.now().secs();
+    let start = now - 3 * DAY;
+    let sub = Sub {
+        id: "sub_studio",
+        customer: "cus_x",
+        account: Some("acc_x"),
+        price: price("price_studio_m", None, json!({}), Some("month")),
+        anchor: start,
+        period: (start, start + 30 * DAY),
+        status: "active",
+        trial: None,
+        cancel_at_period_end: false,
+        ended_at: None,
+    };
+    let r =
+        app.deliver(&event("evt_sub", "customer.subscription.created", start, subscription(&sub, Shape::New))).await;
+    assert_eq!(r["status"], "failed", "a price the catalog lacks: {r}");
+    let line = Line { price: "price_studio_m", period: (start, start + 30 * DAY), proration: false, amount: 4900 };
+    let inv = invoice("in_studio", "sub_studio", "cus_x", "subscription_create", &[line], Shape::New);
+    let r = app.deliver(&event("evt_inv", "invoice.paid", start, inv)).await;
+    assert_ne!(r["status"], "applied", "{r}");
     let markup = json!({"credits_package": "<script>alert(1)</script>"});
     let cs = checkout("cs_markup", Some("acc_x"), None, "pi_markup", markup, true);
     app.deliver(&event("evt_markup", "checkout.session.completed", app.clock.now().secs(), cs)).await;
@@ -143,12 +162,13 @@ async fn an_operator_replays_a_failed_event_adjusts_and_revokes_in_a_browser() {
     b.fill("input[name=key]", &admin).await;
     b.click("button[type=submit]").await;
     assert_eq!(b.path().await, "/console");
-    assert_eq!(b.text("#failed-count").await, "2");
+    let failed_count: usize = b.text("#failed-count").await.parse().unwrap();
+    assert!(failed_count >= 2, "the subscription and the markup at least: {failed_count}");
     b.shot("overview").await;
 
     b.client.goto(&format!("{base}/console/events")).await.unwrap();
     let listed = b.text("table").await;
-    assert!(listed.contains("evt_unknown_pkg") && listed.contains("unknown package"), "{listed}");
+    assert!(listed.contains("evt_sub") && listed.contains("price_studio_m"), "{listed}");
     assert!(listed.contains("<script>alert(1)</script>"), "the markup is shown as text: {listed}");
     assert!(b.client.get_alert_text().await.is_err(), "and not run");
     b.shot("failed-events").await;
@@ -163,41 +183,49 @@ async fn an_operator_replays_a_failed_event_adjusts_and_revokes_in_a_browser() {
     let dir = std::env::temp_dir().join(format!("bw-console-{}", crate::common::unique()));
     std::fs::create_dir_all(&dir).unwrap();
     let catalog = dir.join("catalog.toml");
-    std::fs::write(&catalog, "[packages.credits_42]\ncredits = 42\n").unwrap();
+    let studio = "[plans.studio]\nmonthly_credits = 300\nrollover_cap = 600\nstripe_prices = [\"price_studio_m\"]\n";
+    std::fs::write(&catalog, studio).unwrap();
     let app = worker(Some(&db), Some(catalog.to_str().unwrap())).await;
     app.clock.set(now);
     let base = app.base.clone();
-    b.client.goto(&format!("{base}/console/events/evt_unknown_pkg")).await.unwrap();
-    assert_eq!(b.path().await, "/console/events/evt_unknown_pkg", "still signed in on the restarted worker");
+    b.client.goto(&format!("{base}/console/events/evt_sub")).await.unwrap();
+    assert_eq!(b.path().await, "/console/events/evt_sub", "still signed in on the restarted worker");
     b.shot("failed-event").await;
     b.click("form[action$='/replay'] button").await;
     assert_eq!(b.text(".msg strong").await, "applied");
     b.shot("replayed").await;
-    // "Replay all shown" on what is left: the markup package still fails, and says so in its row.
+    // "Replay all shown" on what is left: the invoice applies now that its subscription is known (unless
+    // recording the subscription already decided it), the markup package still fails; each says so in its row.
     b.client.goto(&format!("{base}/console/events")).await.unwrap();
+    let rows = b.client.find_all(Locator::Css("td[id^=result-]")).await.unwrap().len();
     b.click("#replay-all button").await;
-    let row = b.client.find(Locator::Css("td[id^=result-]")).await.unwrap();
-    let mut result = String::new();
-    for _ in 0..100 {
-        result = row.text().await.unwrap();
-        if !result.is_empty() {
+    let mut results = vec![];
+    for _ in 0..200 {
+        results.clear();
+        for cell in b.client.find_all(Locator::Css("td[id^=result-]")).await.unwrap() {
+            results.push(cell.text().await.unwrap());
+        }
+        if results.iter().all(|r| !r.is_empty()) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(result.starts_with("failed: unknown package"), "{result}");
-    assert_eq!(b.text("#replay-count").await, "1 of 1 replayed");
+    assert!(results.iter().any(|r| r.starts_with("failed: unknown package")), "{results:?}");
+    assert_eq!(b.text("#replay-count").await, format!("{rows} of {rows} replayed"));
     b.shot("replay-all").await;
 
     b.client.goto(&format!("{base}/console/accounts?q=acc_x")).await.unwrap();
     assert_eq!(b.path().await, "/console/accounts/acc_x");
-    assert_eq!(b.text("#balance").await, format!("{} credits", before + 42));
+    assert_eq!(b.text("#balance").await, format!("{} credits", before + 300), "the studio allocation");
+    assert!(b.text("main").await.contains("sub_studio"), "the subscription is listed");
+    let boundaries = b.client.find_all(Locator::Css("#balance-chart line.cycle")).await.unwrap().len();
+    assert_eq!(boundaries, 1, "the cycle that began 3 days ago is marked");
     let chart_after =
         b.client.find(Locator::Css("#balance-chart polyline")).await.unwrap().attr("points").await.unwrap();
     assert_ne!(chart_before, chart_after, "the chart shows the grant");
     let bars = b.client.find_all(Locator::Css("#usage-chart rect.bar")).await.unwrap().len();
-    assert!(bars >= 7, "a bar per day and operation: {bars}");
-    let cause = b.client.find(Locator::Css("a[href='/console/events/evt_unknown_pkg']")).await;
+    assert_eq!(bars, 11, "a bar per day and operation used that day (7 days; chat every day, images on 4)");
+    let cause = b.client.find(Locator::Css("a[href='/console/events/evt_inv?source=stripe']")).await;
     assert!(cause.is_ok(), "the grant's ledger entry links to the event that made it");
     b.client.set_window_size(1280, 2400).await.unwrap();
     b.shot("account").await;
@@ -210,8 +238,8 @@ async fn an_operator_replays_a_failed_event_adjusts_and_revokes_in_a_browser() {
     b.shot("adjustment-confirm").await;
     b.click("form[action$='/adjust/apply'] button").await;
     assert!(b.text(".msg.ok").await.contains("Adjusted by 10 credits"));
-    assert_eq!(b.text("#balance").await, format!("{} credits", before + 52));
-    assert_eq!(app.balance("acc_x").await, before + 52, "the ledger has it");
+    assert_eq!(b.text("#balance").await, format!("{} credits", before + 310));
+    assert_eq!(app.balance("acc_x").await, before + 310, "the ledger has it");
 
     // Revoke the service key; its API calls are refused.
     let (s, _) = app.call("GET", "/v1/accounts/acc_x/balance", Some(&service), None).await;
@@ -219,6 +247,9 @@ async fn an_operator_replays_a_failed_event_adjusts_and_revokes_in_a_browser() {
     b.client.goto(&format!("{base}/console/keys")).await.unwrap();
     let service_id = service.split('_').nth(1).unwrap();
     b.click(&format!("form[action='/console/keys/{service_id}/revoke'] button")).await;
+    // The click returns when the browser has sent the form; its answer (a redirect back) says it is done.
+    let revoked = format!("//tr[td/code[text()='{service_id}']]/td[5][not(text()='—')]");
+    b.client.wait().at_most(Duration::from_secs(10)).for_element(Locator::XPath(&revoked)).await.unwrap();
     let (s, _) = app.call("GET", "/v1/accounts/acc_x/balance", Some(&service), None).await;
     assert_eq!(s, 401, "a revoked key is refused");
     b.shot("api-keys").await;
@@ -227,18 +258,33 @@ async fn an_operator_replays_a_failed_event_adjusts_and_revokes_in_a_browser() {
     assert!(b.text(".msg").await.contains("No broker is configured"));
     b.shot("parked").await;
     b.client.goto(&format!("{base}/console/catalog")).await.unwrap();
-    assert!(b.text("main").await.contains("credits_42"));
+    assert!(b.text("main").await.contains("price_studio_m"));
     b.shot("catalog").await;
 
-    // The same pages on a phone.
-    b.client.set_window_size(390, 844).await.unwrap();
+    // Every page fits 1,280 px and 390 px (a phone); screenshots of a few at 390.
+    let pages = [
+        "/console",
+        "/console/events",
+        "/console/events/evt_markup",
+        "/console/accounts",
+        "/console/accounts/acc_x",
+        "/console/parked",
+        "/console/keys",
+        "/console/catalog",
+    ];
+    for (w, h) in [(1280, 900), (390, 844)] {
+        b.client.set_window_size(w, h).await.unwrap();
+        for page in pages {
+            b.client.goto(&format!("{base}{page}")).await.unwrap();
+            assert!(b.fits().await, "{page} fits {w} px");
+        }
+    }
     for (page, name) in [
         ("/console", "overview-390"),
         ("/console/events", "failed-events-390"),
         ("/console/accounts/acc_x", "account-390"),
     ] {
         b.client.goto(&format!("{base}{page}")).await.unwrap();
-        assert!(b.fits().await, "{page} fits 390 px");
         b.shot(name).await;
     }
     b.client.set_window_size(1280, 900).await.unwrap();
