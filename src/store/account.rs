@@ -43,7 +43,16 @@ impl Store {
             let (req, guard) = (req.clone(), guard.clone());
             Box::pin(async move { answer(b.apply(&req, guard.as_ref()).await) })
         });
-        tracing::Instrument::instrument(async move { done.await? }, span)
+        // At debug level every change says how it ended, with the account and cause of its span.
+        let logged = async move {
+            let out = done.await?;
+            match &out {
+                Ok(_) => tracing::debug!("change committed"),
+                Err(e) => tracing::debug!(error = %e, "change refused"),
+            }
+            out
+        };
+        tracing::Instrument::instrument(logged, span)
     }
 
     /// [`Store::execute_guarded`], then `view` of the account as the change left it (in the same batch).

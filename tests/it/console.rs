@@ -73,7 +73,11 @@ impl Session {
 
 /// An account with a failed event (a package the catalog lacks, whose name is markup).
 async fn seeded() -> (TestApp, String) {
-    let app = spawn_app("sqlite", T0).await;
+    seeded_on("sqlite").await
+}
+
+async fn seeded_on(backend: &str) -> (TestApp, String) {
+    let app = spawn_app(backend, T0).await;
     let admin = app.key("admin").await;
     app.account(&admin, "acc_x").await;
     let meta = json!({"credits_package": "<script>alert(1)</script>"});
@@ -96,7 +100,16 @@ async fn a_bad_key_is_refused_and_a_service_key_is_not_enough() {
 
 #[tokio::test]
 async fn every_form_without_its_csrf_token_is_refused_and_changes_nothing() {
-    let (app, admin) = seeded().await;
+    csrf_on("sqlite").await
+}
+
+#[tokio::test]
+async fn every_form_without_its_csrf_token_is_refused_and_changes_nothing_on_postgres() {
+    csrf_on("postgres").await
+}
+
+async fn csrf_on(backend: &str) {
+    let (app, admin) = seeded_on(backend).await;
     let s = Session::sign_in(&app.base, &admin).await.unwrap();
     let service = app.key("service").await;
     let service_id = service.split('_').nth(1).unwrap().to_owned();
@@ -142,7 +155,17 @@ async fn every_form_without_its_csrf_token_is_refused_and_changes_nothing() {
 
 #[tokio::test]
 async fn values_from_events_are_shown_as_text() {
-    let (app, admin) = seeded().await;
+    escaped_on("sqlite").await
+}
+
+#[tokio::test]
+async fn values_from_events_are_shown_as_text_on_postgres() {
+    escaped_on("postgres").await
+}
+
+/// Also the filters of the list, on both backends.
+async fn escaped_on(backend: &str) {
+    let (app, admin) = seeded_on(backend).await;
     let s = Session::sign_in(&app.base, &admin).await.unwrap();
     for page in ["/console/events", "/console/events/evt_markup", "/console/parked"] {
         let (status, body) = s.get(page).await;
@@ -151,12 +174,32 @@ async fn values_from_events_are_shown_as_text() {
     }
     let (_, body) = s.get("/console/events").await;
     assert!(body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "shown escaped: {body}");
+    for (filter, shown) in [
+        ("?type=checkout.session.completed&source=stripe&status=failed", true),
+        ("?type=invoice.paid", false),
+        ("?source=queue", false),
+        ("?status=waiting", false),
+        ("?since=2020-01-01&until=2099-12-31", true),
+        ("?until=2020-01-01", false),
+    ] {
+        let (status, body) = s.get(&format!("/console/events{filter}")).await;
+        assert_eq!((status, body.contains("evt_markup")), (200, shown), "{filter}");
+    }
     app.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_session_ends_after_12_idle_hours_on_sign_out_and_with_its_key() {
-    let (app, admin) = seeded().await;
+    sessions_on("sqlite").await
+}
+
+#[tokio::test]
+async fn a_session_ends_after_12_idle_hours_on_sign_out_and_with_its_key_on_postgres() {
+    sessions_on("postgres").await
+}
+
+async fn sessions_on(backend: &str) {
+    let (app, admin) = seeded_on(backend).await;
     let s = Session::sign_in(&app.base, &admin).await.unwrap();
     app.clock.set(app.clock.now() + (11 * 3600));
     assert_eq!(s.get("/console").await.0, 200, "11 h idle: still signed in (and seen again now)");

@@ -18,13 +18,18 @@ const DAY: i64 = 86_400;
 struct Browser {
     client: Client,
     driver: Child,
+    profile: PathBuf,
     shots: PathBuf,
     docs: Option<PathBuf>,
 }
 
 impl Drop for Browser {
+    /// The chromium chromedriver started goes too (it does not end with chromedriver), found by its own
+    /// profile folder, even when the test failed before closing its session.
     fn drop(&mut self) {
         let _ = self.driver.kill();
+        let _ = Command::new("pkill").args(["-KILL", "-f", &self.profile.display().to_string()]).status();
+        let _ = std::fs::remove_dir_all(&self.profile);
         let _ = self.driver.wait();
     }
 }
@@ -38,11 +43,17 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver is required (deploy/test-services.sh installs Debian's chromium-driver)");
+        let profile = std::env::temp_dir().join(format!("bw-chromium-{}", crate::common::unique()));
         let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({"args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,900"]}),
-        );
+        let args = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-dev-shm-usage",
+            "--disable-gpu",
+            "--window-size=1280,900",
+            &format!("--user-data-dir={}", profile.display()),
+        ];
+        caps.insert("goog:chromeOptions".into(), json!({ "args": args }));
         let mut client = None;
         for _ in 0..100 {
             let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
@@ -60,7 +71,7 @@ impl Browser {
         let docs = std::env::var("BILLING_WRITE_SCREENSHOTS")
             .is_ok()
             .then(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/console"));
-        Browser { client: client.expect("a WebDriver session with chromium"), driver, shots, docs }
+        Browser { client: client.expect("a WebDriver session with chromium"), driver, profile, shots, docs }
     }
 
     async fn shot(&self, name: &str) {
@@ -86,6 +97,21 @@ impl Browser {
         self.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).click().await.unwrap();
     }
 
+    /// Click a button that submits a form, and wait until the page it leads to has loaded (a click returns
+    /// when the browser has sent the form, not when the answer is shown).
+    async fn submit(&self, css: &str) {
+        self.client.execute("window.__left = false;", vec![]).await.unwrap();
+        self.click(css).await;
+        let loaded = "return window.__left === undefined && document.readyState === 'complete';";
+        for _ in 0..200 {
+            if self.client.execute(loaded, vec![]).await.ok().and_then(|v| v.as_bool()) == Some(true) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{css}: no new page within 10 s");
+    }
+
     async fn path(&self) -> String {
         self.client.current_url().await.unwrap().path().to_owned()
     }
@@ -108,8 +134,15 @@ async fn worker(db: Option<&str>, catalog: Option<&str>) -> TestApp {
     spawn_app_with("sqlite", T0, &extra).await
 }
 
+/// Bounded: a browser that stops answering fails the test instead of holding CI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_replays_a_failed_event_adjusts_and_revokes_in_a_browser() {
+    tokio::time::timeout(Duration::from_secs(180), scenario())
+        .await
+        .expect("the browser scenario ends within 3 minutes");
+}
+
+async fn scenario() {
     // A week of usage, then a purchase of a package the catalog does not know yet.
     let app = worker(None, None).await;
     let admin = app.key("admin").await;
@@ -157,10 +190,10 @@ async fn an_operator_replays_a_failed_event_adjusts_and_revokes_in_a_browser() {
     assert_eq!(b.path().await, "/console/login", "not signed in: the sign-in page");
     b.shot("sign-in").await;
     b.fill("input[name=key]", "bwk_0000_not-a-key").await;
-    b.click("button[type=submit]").await;
+    b.submit("button[type=submit]").await;
     assert!(b.text(".msg.bad").await.contains("not an admin API key"));
     b.fill("input[name=key]", &admin).await;
-    b.click("button[type=submit]").await;
+    b.submit("button[type=submit]").await;
     assert_eq!(b.path().await, "/console");
     let failed_count: usize = b.text("#failed-count").await.parse().unwrap();
     assert!(failed_count >= 2, "the subscription and the markup at least: {failed_count}");
@@ -191,7 +224,7 @@ async fn an_operator_replays_a_failed_event_adjusts_and_revokes_in_a_browser() {
     b.client.goto(&format!("{base}/console/events/evt_sub")).await.unwrap();
     assert_eq!(b.path().await, "/console/events/evt_sub", "still signed in on the restarted worker");
     b.shot("failed-event").await;
-    b.click("form[action$='/replay'] button").await;
+    b.submit("form[action$='/replay'] button").await;
     assert_eq!(b.text(".msg strong").await, "applied");
     b.shot("replayed").await;
     // "Replay all shown" on what is left: the invoice applies now that its subscription is known (unless
@@ -233,10 +266,10 @@ async fn an_operator_replays_a_failed_event_adjusts_and_revokes_in_a_browser() {
 
     b.fill("input[name=credits]", "10").await;
     b.fill("input[name=reason]", "goodwill for the outage").await;
-    b.click("form[action$='/adjust'] button").await;
+    b.submit("form[action$='/adjust'] button").await;
     assert!(b.text(".msg").await.contains("Add 10 credits to account acc_x"));
     b.shot("adjustment-confirm").await;
-    b.click("form[action$='/adjust/apply'] button").await;
+    b.submit("form[action$='/adjust/apply'] button").await;
     assert!(b.text(".msg.ok").await.contains("Adjusted by 10 credits"));
     assert_eq!(b.text("#balance").await, format!("{} credits", before + 310));
     assert_eq!(app.balance("acc_x").await, before + 310, "the ledger has it");
@@ -246,7 +279,7 @@ async fn an_operator_replays_a_failed_event_adjusts_and_revokes_in_a_browser() {
     assert_eq!(s, 200);
     b.client.goto(&format!("{base}/console/keys")).await.unwrap();
     let service_id = service.split('_').nth(1).unwrap();
-    b.click(&format!("form[action='/console/keys/{service_id}/revoke'] button")).await;
+    b.submit(&format!("form[action='/console/keys/{service_id}/revoke'] button")).await;
     // The click returns when the browser has sent the form; its answer (a redirect back) says it is done.
     let revoked = format!("//tr[td/code[text()='{service_id}']]/td[5][not(text()='—')]");
     b.client.wait().at_most(Duration::from_secs(10)).for_element(Locator::XPath(&revoked)).await.unwrap();
@@ -289,7 +322,7 @@ async fn an_operator_replays_a_failed_event_adjusts_and_revokes_in_a_browser() {
     }
     b.client.set_window_size(1280, 900).await.unwrap();
     b.client.goto(&format!("{base}/console")).await.unwrap();
-    b.click("header form button").await;
+    b.submit("header form button").await;
     assert_eq!(b.path().await, "/console/login");
     b.client.goto(&format!("{base}/console/accounts/acc_x")).await.unwrap();
     assert_eq!(b.path().await, "/console/login", "signed out: pages redirect to the sign-in");

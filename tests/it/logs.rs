@@ -70,3 +70,51 @@ fn config_check_prints_no_secret() {
     assert!(text.contains("# database: postgres://app:***@127.0.0.1:1/none?password=***"), "{text}");
     assert!(text.contains("# webhook secrets: 2"), "{text}");
 }
+
+/// With the store at debug level, every change logs how it ended, with its account and cause; and every request
+/// line its request id, method, route, status and milliseconds.
+#[tokio::test]
+async fn a_change_logs_its_account_and_cause_and_a_request_its_id() {
+    use crate::common::proc::{Proc, admin_key, free_port, log_dir};
+    let dir = log_dir("change_logs");
+    let db = format!("sqlite:{}", dir.join("b.db").display());
+    let admin = admin_key(&db);
+    let log = dir.join("worker.log");
+    let vars = [
+        ("DATABASE_URL", db.as_str()),
+        ("RUST_LOG", "info,billing_worker::store=debug"),
+        ("BILLING_LOG_FORMAT", "json"),
+    ];
+    let w = Proc::spawn(free_port(), &vars, &log);
+    w.ready(false).await;
+    let http = crate::common::client();
+    let cmd = serde_json::json!({"type": "account.created", "id": "c-logs", "account_id": "acc_logs"});
+    let r = http.post(format!("{}/v1/commands", w.base)).bearer_auth(&admin).json(&cmd).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body =
+        serde_json::json!({"operation": "chat.message", "quantity": 1, "user_id": "u", "idempotency_key": "job-7"});
+    let r = http
+        .post(format!("{}/v1/accounts/acc_logs/debits", w.base))
+        .bearer_auth(&admin)
+        .header("x-request-id", "req-logs-1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    drop(w);
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&log).unwrap().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let change = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "change committed" && l["span"]["cause"] == "debit:job-7")
+        .unwrap_or_else(|| panic!("a change line for the debit: {lines:?}"));
+    assert_eq!(change["span"]["account"], "acc_logs", "{change}");
+    let request = lines
+        .iter()
+        .find(|l| l["span"]["request_id"] == "req-logs-1" && l["fields"]["message"] == "request")
+        .unwrap_or_else(|| panic!("the request's line: {lines:?}"));
+    assert_eq!(request["fields"]["status"], 201, "{request}");
+    assert_eq!(request["span"]["route"], "/v1/accounts/{account}/debits", "{request}");
+    assert!(request["fields"]["ms"].is_number(), "{request}");
+}
