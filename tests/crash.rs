@@ -13,7 +13,7 @@ mod common;
 use common::amqp::{AMQP, channel, cleanup, drain, event_queue, prefix};
 use common::proc::{Proc, admin_key, free_port, ledger_problems, log_dir, strings};
 use common::stripe::{event, payment_intent, signature};
-use common::{client, fresh_url};
+use common::{Rng, client, fresh_url};
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use serde_json::json;
@@ -26,17 +26,6 @@ const SECRET: &str = "whsec_crash_test";
 const ACCOUNTS: usize = 20;
 const WORKERS: usize = 3;
 const LOAD: Duration = Duration::from_secs(36);
-
-/// A small seeded generator (xorshift), so a failing run can be repeated with its seed.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
-}
 
 /// The bases of the workers up now; a client picks one at random and moves on when it is down.
 type Bases = Arc<Vec<String>>;

@@ -1,6 +1,7 @@
 //! Stripe does not keep order: a subscription's events delivered in many seeded random orders end in the same
 //! ledger as the in-order run.
 
+use crate::common::Rng;
 use crate::common::at;
 use crate::common::spawn_app;
 use crate::common::stripe::{Line, Shape, Sub, charge, checkout, event, invoice, price, subscription};
@@ -76,16 +77,6 @@ fn set_with_upgrade() -> Vec<String> {
     // The renewal then carries the pro price.
     set[2] = sub("customer.subscription.updated", "evt_3", month(1), pro(), (month(1), month(2)));
     set
-}
-
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
 }
 
 #[derive(Debug, PartialEq)]
