@@ -5,7 +5,7 @@
 use crate::BoxError;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::http::{AppState, router_with};
+use crate::http::{AppState, router};
 use crate::queue::{Broker, Names};
 use crate::startup::Services;
 use crate::store::Store;
@@ -87,7 +87,7 @@ pub async fn start(config: Config, clock: Clock) -> Result<Running, BoxError> {
         tasks.push(("broker", tokio::spawn(b.run(stopped.clone()))));
     }
     let console = state.config.console.then(|| ("/console", crate::console::routes()));
-    let app = router_with(state.clone(), console);
+    let app = router(state.clone(), console);
     let mut stopped_http = stopped;
     let http = tokio::spawn(async move {
         axum::serve(listener, app)

@@ -291,9 +291,7 @@ pub async fn adjust_confirm(
         return Err(ConsoleError::BadInput("reason: 1 to 256 characters".into()));
     }
     let v = app.store.account(&account, app.clock.now()).await?;
-    let mut buf = [0u8; 12];
-    getrandom::getrandom(&mut buf).expect("the OS random source");
-    let key = format!("console-{}", hex::encode(buf));
+    let key = format!("console-{}", crate::store::random_hex(12));
     let verb = if credits >= 0 { "Add" } else { "Remove" };
     Ok(page(
         &op,

@@ -7,6 +7,7 @@
 
 use super::{ConsoleError, bare};
 use crate::http::AppState;
+use crate::store::{constant_time_eq, random_hex};
 use axum::Form;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
@@ -33,13 +34,8 @@ impl Operator {
 
     /// Refuse a POST whose token is not this session's.
     pub fn check(&self, given: &str) -> Result<(), ConsoleError> {
-        if same(given, &self.csrf) { Ok(()) } else { Err(ConsoleError::Csrf) }
+        if constant_time_eq(given, &self.csrf) { Ok(()) } else { Err(ConsoleError::Csrf) }
     }
-}
-
-/// Equal strings, compared in time that does not depend on where they differ.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -74,9 +70,7 @@ impl FromRequestParts<AppState> for Operator {
 }
 
 fn random_token() -> String {
-    let mut buf = [0u8; 24];
-    getrandom::getrandom(&mut buf).expect("the OS random source");
-    hex::encode(buf)
+    random_hex(24)
 }
 
 fn login_form(token: &str, error: Option<&str>) -> Markup {
@@ -114,7 +108,7 @@ pub struct LoginForm {
 
 pub async fn login(State(app): State<AppState>, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
     let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
-    if expected.is_empty() || !same(&f.csrf, &expected) {
+    if expected.is_empty() || !constant_time_eq(&f.csrf, &expected) {
         return ConsoleError::Csrf.into_response();
     }
     let started = match app.store.session_start(f.key.trim(), app.clock.now()).await {
@@ -167,7 +161,12 @@ mod tests {
         assert_eq!(cookie(&h, "bw_console").as_deref(), Some("abc"));
         assert_eq!(cookie(&h, "bw_console_login").as_deref(), Some("xyz"));
         assert_eq!(cookie(&h, "missing"), None);
-        assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab") && !same("", "a"));
+        assert!(
+            constant_time_eq("abc", "abc")
+                && !constant_time_eq("abc", "abd")
+                && !constant_time_eq("abc", "ab")
+                && !constant_time_eq("", "a")
+        );
     }
 
     #[test]

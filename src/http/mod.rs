@@ -82,13 +82,9 @@ impl AppState {
     }
 }
 
-pub fn router(state: AppState) -> Router {
-    router_with(state, None)
-}
-
-/// The API's routes, and `extra` routes nested at their own paths (the console, from `serve`), all behind the
+/// The API's routes, and `extra` routes nested at their own path (the console, from `serve`), all behind the
 /// same middleware.
-pub fn router_with(state: AppState, extra: Option<(&str, Router<AppState>)>) -> Router {
+pub fn router(state: AppState, extra: Option<(&str, Router<AppState>)>) -> Router {
     let routes = Router::new()
         .route("/v1/accounts/{account}/balance", get(accounts::balance))
         .route("/v1/accounts/{account}/entitlements", get(accounts::entitlements))

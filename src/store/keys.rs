@@ -81,7 +81,8 @@ pub struct KeyInfo {
     pub revoked_at: Option<UnixTime>,
 }
 
-pub(super) fn random_hex(bytes: usize) -> String {
+/// `bytes` random bytes from the OS, as hex (key secrets, session ids, tokens).
+pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     getrandom::getrandom(&mut buf).expect("the OS random source");
     hex::encode(buf)
@@ -89,6 +90,11 @@ pub(super) fn random_hex(bytes: usize) -> String {
 
 pub(super) fn hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Equal strings, compared in time that does not depend on where they differ (secrets, tokens).
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Store {
@@ -162,11 +168,7 @@ impl Store {
         };
         let Some(row) = row else { return Ok(None) };
         // Constant time over the hashes, so the comparison leaks nothing about the secret.
-        let given = hash(secret);
-        let stored = &row.secret_hash;
-        let equal = stored.len() == given.len()
-            && stored.bytes().zip(given.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-        if !equal || row.revoked {
+        if !constant_time_eq(&row.secret_hash, &hash(secret)) || row.revoked {
             return Ok(None);
         }
         Ok(Scope::parse(&row.scope))

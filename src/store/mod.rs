@@ -31,7 +31,7 @@ pub mod writer;
 pub use batch::{Batch, Step};
 pub use facts::Seen;
 pub use inbox::{InboxFilter, InboxRow, InboxStatus};
-pub use keys::{KEY_TTL, KeyInfo, Scope};
+pub use keys::{KEY_TTL, KeyInfo, Scope, constant_time_eq, random_hex};
 pub use outbox::{Lease, OutboxRow};
 pub use pending::{Invoice as InvoiceFact, NewInbox};
 pub use read::{AccountView, EntryRow};
