@@ -42,6 +42,9 @@ pub struct Config {
     pub write_lanes: usize,
     pub batch_max: usize,
     pub batch_wait_us: u64,
+    /// PostgreSQL: write batches of changes to accounts in memory without locking them first, checked by version
+    /// (`BILLING_WRITE_OPTIMISTIC=on|off`).
+    pub write_optimistic: bool,
     /// An HTTP request still unanswered after this many seconds gets 503 `unavailable`.
     pub request_timeout_secs: u64,
     /// Whether the operator console is served at `/console` (`BILLING_CONSOLE=on|off`).
@@ -62,6 +65,7 @@ impl Config {
             lanes: self.write_lanes,
             max_batch: self.batch_max,
             gather: std::time::Duration::from_micros(self.batch_wait_us),
+            optimistic: self.write_optimistic,
         }
     }
 }
@@ -212,11 +216,8 @@ impl Config {
             ));
         }
 
-        let console = match get("BILLING_CONSOLE").as_deref().map(str::trim) {
-            None | Some("on") => true,
-            Some("off") => false,
-            Some(other) => return Err(invalid("BILLING_CONSOLE", format!("expected on or off, got {other:?}"))),
-        };
+        let console = on_off(get("BILLING_CONSOLE"), "BILLING_CONSOLE")?;
+        let write_optimistic = on_off(get("BILLING_WRITE_OPTIMISTIC"), "BILLING_WRITE_OPTIMISTIC")?;
 
         Ok(Config {
             console,
@@ -227,6 +228,7 @@ impl Config {
             write_lanes: write_lanes as usize,
             batch_max: batch_max as usize,
             batch_wait_us,
+            write_optimistic,
             amqp_prefix,
             amqp_prefetch: amqp_prefetch as u16,
             retry_delays_ms,
@@ -268,6 +270,7 @@ impl std::fmt::Debug for Config {
             .field("lock_timeout_ms", &self.lock_timeout_ms)
             .field("wait_horizon_secs", &self.wait_horizon_secs)
             .field("write_lanes", &self.write_lanes)
+            .field("write_optimistic", &self.write_optimistic)
             .field("batch_max", &self.batch_max)
             .field("batch_wait_us", &self.batch_wait_us)
             .field("request_timeout_secs", &self.request_timeout_secs)
@@ -306,6 +309,15 @@ fn redact_userinfo(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
+    }
+}
+
+/// A switch that is on unless set to `off`.
+fn on_off(v: Option<String>, var: &'static str) -> Result<bool, ConfigError> {
+    match v.as_deref().map(str::trim) {
+        None | Some("on") => Ok(true),
+        Some("off") => Ok(false),
+        Some(other) => Err(invalid(var, format!("expected on or off, got {other:?}"))),
     }
 }
 
@@ -394,6 +406,7 @@ mod tests {
             ("BILLING_WRITE_LANES", "0"),
             ("BILLING_BATCH_MAX", "100000"),
             ("BILLING_BATCH_WAIT_US", "1000000"),
+            ("BILLING_WRITE_OPTIMISTIC", "yes"),
             ("BILLING_CONFIG", "/nonexistent/catalog.toml"),
         ] {
             let e = cfg(&[(var, val)]).unwrap_err().to_string();

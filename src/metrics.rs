@@ -106,6 +106,18 @@ impl Registry {
         self.inc("billing_write_batch_jobs_total", "Changes committed in write batches", vec![], jobs as f64);
     }
 
+    /// A batch tried optimistically (no locks, checked by version as it is written); `stale`: another writer had
+    /// changed one of its accounts, and it was run again with locks.
+    pub fn optimistic_batch(&self, stale: bool) {
+        let outcome = if stale { "stale" } else { "written" };
+        self.inc(
+            "billing_write_optimistic_batches_total",
+            "Write batches tried without locks, by outcome (stale ones are run again with locks)",
+            vec![("outcome", outcome.into())],
+            1.0,
+        );
+    }
+
     /// Ledger entries written, by kind, and the credits they moved: added to balances and taken out of them as
     /// two counters, so each only ever goes up (Prometheus' `rate` reads a drop as a restart).
     pub fn entry(&self, kind: &str, amount: i64) {

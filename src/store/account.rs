@@ -12,6 +12,7 @@ pub(crate) fn plan_of(req: &Request) -> Plan {
     Plan {
         accounts: vec![req.account.clone()],
         keys: req.key.iter().map(|k| (req.account.clone(), k.key.clone())).collect(),
+        optimistic: true,
         ..Plan::default()
     }
 }

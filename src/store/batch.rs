@@ -51,6 +51,9 @@ pub struct Batch {
     pub(crate) pending: Pending,
     /// One journal per open mark or savepoint, innermost last.
     journals: Vec<Journal>,
+    /// No transaction is open and no account locked: the accounts come from the lane's memory, and the write
+    /// statement checks their versions and commits ([`super::writer`]).
+    optimistic: bool,
 }
 
 fn json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
@@ -72,16 +75,19 @@ fn sub_marks(subs: &[Subscription]) -> Vec<Mark> {
 
 impl Batch {
     /// Open the batch's transaction on the lane's connection.
+    /// An optimistic batch (PostgreSQL) opens none.
     pub(crate) async fn begin(
         backend: Backend,
         low_balance: i64,
         mut conn: PoolConnection<Any>,
+        optimistic: bool,
     ) -> Result<Batch, (StoreError, Option<PoolConnection<Any>>)> {
+        debug_assert!(!optimistic || backend == Backend::Postgres, "SQLite batches hold the one writer's lock");
         let begin = match backend {
             Backend::Sqlite => "BEGIN IMMEDIATE",
             Backend::Postgres => "BEGIN",
         };
-        if let Err(e) = sqlx::raw_sql(begin).execute(&mut *conn).await {
+        if !optimistic && let Err(e) = sqlx::raw_sql(begin).execute(&mut *conn).await {
             return Err((e.into(), None));
         }
         Ok(Batch {
@@ -96,11 +102,14 @@ impl Batch {
             inbox: HashMap::new(),
             pending: Pending::default(),
             journals: Vec::new(),
+            optimistic,
         })
     }
 
-    /// The transaction, for jobs that write rows of their own (they run in a savepoint).
+    /// The transaction, for jobs that write rows of their own (they run in a savepoint). Not for jobs that may
+    /// run optimistically ([`super::writer::Plan::optimistic`]): there is no transaction then.
     pub fn tx(&mut self) -> &mut Tx {
+        debug_assert!(!self.optimistic, "an optimistic batch has no transaction");
         &mut self.conn
     }
 
@@ -116,6 +125,18 @@ impl Batch {
         events: &[(String, String)],
         cache: &mut AccountCache,
     ) -> Result<(), StoreError> {
+        if self.optimistic {
+            // The accounts as the lane last wrote them; their versions are checked as the batch is written. Keys
+            // are taken as unused: a key used before fails the write (its primary key), and the batch is run
+            // again with locks, where its first answer is found.
+            debug_assert!(events.is_empty(), "an optimistic batch has no inbox rows");
+            for a in accounts {
+                let slot = cache.take_any(a).ok_or_else(|| StoreError::Conflict(format!("{a} is not in memory")))?;
+                self.slots.insert(a.clone(), slot);
+            }
+            self.probed_keys.extend(keys.iter().cloned());
+            return Ok(());
+        }
         if !events.is_empty() {
             self.inbox.extend(super::inbox::find_many(&mut self.conn, self.backend, events).await?);
         }
@@ -171,6 +192,9 @@ impl Batch {
 
     /// Open a savepoint: [`Batch::rollback`] also takes back rows written directly since.
     pub async fn savepoint(&mut self) -> Result<(), StoreError> {
+        if self.optimistic {
+            return Err(StoreError::Conflict("a savepoint needs the batch's transaction".into()));
+        }
         let sql = format!("SAVEPOINT sp{}", self.journals.len());
         sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut *self.conn).await?;
         self.open(true);
@@ -400,7 +424,7 @@ impl Batch {
     /// Write every change of the batch.
     pub(crate) async fn flush(&mut self) -> Result<(), StoreError> {
         let pending = std::mem::take(&mut self.pending);
-        super::flush::write(&mut self.slots, pending, &mut self.conn, self.backend).await
+        super::flush::write(&mut self.slots, pending, &mut self.conn, self.backend, self.optimistic).await
     }
 
     /// Commit, and keep the accounts (as written) in the lane's memory for its next batches. Gives the
@@ -409,6 +433,11 @@ impl Batch {
         mut self,
         cache: &mut AccountCache,
     ) -> (Result<(), StoreError>, Option<PoolConnection<Any>>) {
+        if self.optimistic {
+            // Its write statement committed it.
+            cache.keep(self.slots);
+            return (Ok(()), Some(self.conn));
+        }
         match sqlx::raw_sql("COMMIT").execute(&mut *self.conn).await {
             Ok(_) => {
                 cache.keep(self.slots);
@@ -422,6 +451,9 @@ impl Batch {
 
     /// Roll back; the connection is given back when that worked.
     pub(crate) async fn abort(mut self) -> Option<PoolConnection<Any>> {
+        if self.optimistic {
+            return Some(self.conn);
+        }
         match sqlx::raw_sql("ROLLBACK").execute(&mut *self.conn).await {
             Ok(_) => Some(self.conn),
             Err(_) => None,

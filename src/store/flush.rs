@@ -83,9 +83,23 @@ fn returned(rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<Returned>, StoreError> {
     rows.iter().map(|r| Ok((r.try_get("t")?, r.try_get("row_id")?, r.try_get("a")?, r.try_get("b")?))).collect()
 }
 
+/// What an optimistic batch checks as it writes ([`pg::write_statement`]): the accounts it read and did not
+/// change, with the versions it read.
+pub(crate) struct Fresh {
+    pub ids: Vec<String>,
+    pub versions: Vec<i64>,
+}
+
 /// Write every table: on PostgreSQL with one prepared statement for the whole batch; on SQLite (in process)
 /// one `VALUES` statement per table with rows, in table order (new accounts before the rows that refer to them).
-async fn run_all(tx: &mut Tx, postgres: bool, mut all: Vec<Rows>) -> Result<Vec<Returned>, StoreError> {
+/// With `fresh` (PostgreSQL, no transaction open), the statement also checks that nothing the batch read has
+/// changed, and fails whole if something has.
+async fn run_all(
+    tx: &mut Tx,
+    postgres: bool,
+    mut all: Vec<Rows>,
+    fresh: Option<Fresh>,
+) -> Result<Vec<Returned>, StoreError> {
     if !postgres {
         // New accounts first: SQLite checks foreign keys at each statement.
         let new = all.remove(NEW_ACCOUNTS);
@@ -97,28 +111,55 @@ async fn run_all(tx: &mut Tx, postgres: bool, mut all: Vec<Rows>) -> Result<Vec<
         return Ok(out);
     }
     let mask = all.iter().enumerate().filter(|(_, r)| !r.args.is_empty()).fold(0u32, |m, (i, _)| m | 1 << i);
-    if mask == 0 {
+    if mask == 0 && fresh.is_none() {
         return Ok(Vec::new());
     }
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(pg::write_statement(&TABLES, mask)));
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(pg::write_statement(&TABLES, mask, fresh.is_some())));
     for r in all.iter().filter(|r| !r.args.is_empty()) {
         for array in r.arrays() {
             q = q.bind(array);
         }
+    }
+    if let Some(f) = fresh {
+        let counts = pg::COUNTED.map(|t| Some(all[t].rows() as i64));
+        q = q
+            .bind(pg::text_array(f.ids.iter().map(|s| Some(s.as_str()))))
+            .bind(pg::int_array(f.versions.iter().map(|v| Some(*v))))
+            .bind(pg::int_array(counts));
     }
     returned(q.fetch_all(&mut *tx).await?)
 }
 
 /// Write every change of the accounts in `slots` and the rows of `pending`, and start the accounts over from
 /// what is now stored.
+///
+/// `optimistic`: no transaction is open and no account is locked (PostgreSQL). The batch is then written by its
+/// one statement, which checks every account it read ([`Fresh`]) and commits by itself; a batch that would
+/// need more than one statement (moved rows, removed members) fails as a conflict before writing anything, and
+/// is run again with locks.
 pub(crate) async fn write(
     slots: &mut HashMap<String, Slot>,
     pending: Pending,
     tx: &mut Tx,
     backend: Backend,
+    optimistic: bool,
 ) -> Result<(), StoreError> {
     let mut a = rows::accounts(slots);
     let p = rows::pending(pending);
+    let fresh = if optimistic {
+        if !p.moves.is_empty() || !a.gone_members.is_empty() {
+            return Err(StoreError::Conflict("this batch needs its accounts locked".into()));
+        }
+        let mut clean: Vec<(&String, i64)> =
+            slots.iter().filter(|(_, s)| !s.dirty && !s.is_new).map(|(id, s)| (id, s.version)).collect();
+        clean.sort();
+        Some(Fresh {
+            ids: clean.iter().map(|(id, _)| (*id).clone()).collect(),
+            versions: clean.iter().map(|(_, v)| *v).collect(),
+        })
+    } else {
+        None
+    };
     let expect_new = a.new_accounts.rows();
     let expect_inbox = p.inbox.rows();
     let mut got = Vec::new();
@@ -146,7 +187,7 @@ pub(crate) async fn write(
         p.invoices,
         p.invoice_payments,
     ];
-    got.extend(run_all(tx, backend == Backend::Postgres, all).await?);
+    got.extend(run_all(tx, backend == Backend::Postgres, all, fresh).await?);
     let created = got.iter().filter(|r| r.0 == "a").count();
     if created != expect_new {
         return Err(StoreError::Conflict(format!("{} of {expect_new} new accounts existed", expect_new - created)));

@@ -113,6 +113,16 @@ impl AccountCache {
         (slot.version == version).then_some(slot)
     }
 
+    /// Whether the lane holds `id` in memory (valid or not: an optimistic batch checks it as it writes).
+    pub fn holds(&self, id: &str) -> bool {
+        self.slots.contains_key(id)
+    }
+
+    /// The account as the lane last wrote it, whatever its version now.
+    pub fn take_any(&mut self, id: &str) -> Option<Slot> {
+        self.slots.remove(id)
+    }
+
     /// Keep the accounts of a committed batch.
     pub fn keep(&mut self, slots: impl IntoIterator<Item = (String, Slot)>) {
         for (id, slot) in slots {

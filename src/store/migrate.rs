@@ -14,6 +14,7 @@ const SQLITE: &[(i64, &str, &str)] = &[
     (6, "order_and_waits", include_str!("../../migrations/sqlite/0006_order_and_waits.sql")),
     (7, "invoices", include_str!("../../migrations/sqlite/0007_invoices.sql")),
     (8, "console_sessions", include_str!("../../migrations/sqlite/0008_console_sessions.sql")),
+    (9, "fresh_check", include_str!("../../migrations/sqlite/0009_fresh_check.sql")),
 ];
 const POSTGRES: &[(i64, &str, &str)] = &[
     (1, "ledger", include_str!("../../migrations/postgres/0001_ledger.sql")),
@@ -24,6 +25,7 @@ const POSTGRES: &[(i64, &str, &str)] = &[
     (6, "order_and_waits", include_str!("../../migrations/postgres/0006_order_and_waits.sql")),
     (7, "invoices", include_str!("../../migrations/postgres/0007_invoices.sql")),
     (8, "console_sessions", include_str!("../../migrations/postgres/0008_console_sessions.sql")),
+    (9, "fresh_check", include_str!("../../migrations/postgres/0009_fresh_check.sql")),
 ];
 
 /// Arbitrary constant naming the migration lock.

@@ -127,6 +127,9 @@ pub struct StoreOptions {
     pub lanes: usize,
     pub max_batch: usize,
     pub gather: Duration,
+    /// PostgreSQL: batches of changes to accounts the lane holds in memory are written without taking locks
+    /// first, checked by version as they are written ([`writer`]).
+    pub optimistic: bool,
 }
 
 impl Default for StoreOptions {
@@ -137,6 +140,7 @@ impl Default for StoreOptions {
             lanes: 2,
             max_batch: 256,
             gather: Duration::from_millis(1),
+            optimistic: true,
         }
     }
 }
@@ -216,6 +220,7 @@ impl Store {
             gather: opts.gather,
             lock_timeout_ms: opts.lock_timeout_ms,
             low_balance: opts.low_balance,
+            optimistic: opts.optimistic,
         };
         let writer = Arc::new(writer::Writer::start(write_pool, backend, config));
         Ok(Store { pool, backend, writer, keys: Arc::new(keys::KeyCache::default()) })
@@ -264,6 +269,13 @@ impl Store {
     pub fn write_stats(&self) -> (u64, u64) {
         let s = &self.writer.stats;
         (s.batches.load(std::sync::atomic::Ordering::Relaxed), s.jobs.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Batches written optimistically (without locks, checked by version) and those of them found stale and run
+    /// again with locks, since the store was opened.
+    pub fn optimistic_stats(&self) -> (u64, u64) {
+        let s = &self.writer.stats;
+        (s.optimistic.load(std::sync::atomic::Ordering::Relaxed), s.stale.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Test hook: batches that change `account` wait before their commit until the returned notify is notified.

@@ -101,12 +101,22 @@ pub struct Table {
     pub returning: Option<(&'static str, &'static str)>,
 }
 
+/// Which tables of [`write_statement`] are counted by its check: the updated accounts, the new accounts and
+/// the new inbox rows (their indexes in the table list). The check's expected counts come in this order.
+pub const COUNTED: [usize; 3] = [5, 8, 9];
+
 /// The statement that writes the tables of `tables` whose bit is set in `mask`, parameters numbered table
-/// after table, column after column. One text per mask, so each is prepared once per connection.
-pub fn write_statement(tables: &[Table], mask: u32) -> &'static str {
-    static SQL: OnceLock<Mutex<HashMap<u32, &'static str>>> = OnceLock::new();
+/// after table, column after column. One text per mask (and check), so each is prepared once per connection.
+///
+/// With `check` (an optimistic batch, written without locks taken beforehand), the statement first updates the
+/// accounts, then checks that every account it changed was still at the version the batch read (the update's
+/// `WHERE`), that every account it only read still is (`$c1` ids, `$c2` versions), and that it added every new
+/// account and inbox row (`$c3`, counts in [`COUNTED`] order); if not, `billing_fresh` raises a serialization
+/// failure and nothing of the statement stays.
+pub fn write_statement(tables: &[Table], mask: u32, check: bool) -> &'static str {
+    static SQL: OnceLock<Mutex<HashMap<(u32, bool), &'static str>>> = OnceLock::new();
     let mut known = SQL.get_or_init(Default::default).lock().expect("statements");
-    known.entry(mask).or_insert_with(|| {
+    known.entry((mask, check)).or_insert_with(|| {
         let mut parts = Vec::new();
         let mut back: Vec<String> = Vec::new();
         let mut n = 1;
@@ -139,6 +149,27 @@ pub fn write_statement(tables: &[Table], mask: u32) -> &'static str {
                 None => "1",
             };
             parts.push(format!("w{i} AS ({} {select}{} RETURNING {returning})", t.insert, t.tail));
+        }
+        if check {
+            let (ids, versions, counts) = (n, n + 1, n + 2);
+            // The accounts' update first: its row locks are taken before any other table's, as with locks.
+            let mut conds: Vec<String> = COUNTED
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| mask & (1 << **t) != 0)
+                .map(|(k, t)| format!("(SELECT count(*) FROM w{t}) = (${counts}::bigint[])[{}]", k + 1))
+                .collect();
+            conds.push(format!(
+                "(SELECT count(*) FROM accounts x JOIN unnest(${ids}::text[], ${versions}::bigint[]) AS u(id, v) \
+                 ON x.id = u.id AND x.version = u.v) = cardinality(${ids}::text[])"
+            ));
+            parts.push(format!("chk AS (SELECT billing_fresh({}) AS ok)", conds.join(" AND ")));
+            // Scanned before the rows given back, so a stale batch fails before the rest is written.
+            back.insert(
+                0,
+                "SELECT NULL::text AS t, ok::bigint AS row_id, NULL::text AS a, NULL::text AS b FROM chk WHERE ok <> 0"
+                    .into(),
+            );
         }
         if back.is_empty() {
             back.push(

@@ -45,6 +45,9 @@ pub(super) const PRICES: usize = 11;
 pub(super) const INVOICES: usize = 12;
 pub(super) const INVOICE_PAYMENTS: usize = 13;
 
+// The optimistic check counts the rows of these tables (`pg::COUNTED` names them by index).
+const _: () = assert!(pg::COUNTED[0] == ACCOUNTS && pg::COUNTED[1] == NEW_ACCOUNTS && pg::COUNTED[2] == INBOX);
+
 /// Every table a batch writes, in the order of the PostgreSQL statement's parameters.
 pub(super) static TABLES: [pg::Table; 14] = [
     pg::Table {
@@ -88,7 +91,8 @@ pub(super) static TABLES: [pg::Table; 14] = [
         insert: "INSERT INTO accounts (id, balance, signup_granted, next_due_at, created_at, updated_at, version)",
         types: &[Text, Int, Int, Int, Int, Int, Int],
         tail: " ON CONFLICT (id) DO UPDATE SET balance = excluded.balance, signup_granted = excluded.signup_granted, \
-               next_due_at = excluded.next_due_at, updated_at = excluded.updated_at, version = excluded.version",
+               next_due_at = excluded.next_due_at, updated_at = excluded.updated_at, version = excluded.version \
+               WHERE accounts.version = excluded.version - 1",
         ordered: false,
         returning: None,
     },

@@ -38,6 +38,9 @@ pub struct Plan {
     /// The job writes rows itself (not only through [`Batch::apply`]): it runs inside a savepoint, so that
     /// [`Step::Undo`] takes back its rows as well as its changes to accounts.
     pub savepoint: bool,
+    /// The job changes accounts only through [`Batch::apply`] (no rows of its own, no inbox): its batch may
+    /// run optimistically, without a transaction or locks, when the lane holds every account in memory.
+    pub optimistic: bool,
 }
 
 /// A unit of work in a batch. `run` may be called more than once (a failed batch is run again job by job);
@@ -91,6 +94,8 @@ pub struct WriterConfig {
     pub gather: Duration,
     pub lock_timeout_ms: u64,
     pub low_balance: i64,
+    /// PostgreSQL: run batches optimistically when they may (see [`optimistic`]).
+    pub optimistic: bool,
 }
 
 /// The test hook that holds back the commit of batches changing one account.
@@ -113,6 +118,9 @@ pub(crate) struct LaneCtx {
 pub struct WriterStats {
     pub batches: AtomicU64,
     pub jobs: AtomicU64,
+    /// Batches written optimistically, and those of them found stale (run again with locks).
+    pub optimistic: AtomicU64,
+    pub stale: AtomicU64,
 }
 
 pub struct Writer {
@@ -260,6 +268,26 @@ fn retryable(e: &StoreError) -> bool {
     matches!(e, StoreError::Conflict(_)) || matches!(e.db_code().as_deref(), Some("40P01") | Some("40001"))
 }
 
+/// Whether a batch may be written optimistically: on PostgreSQL, when every job changes accounts only through
+/// the rules and the lane holds each of them in memory from its last batch. Such a batch takes no lock and opens
+/// no transaction: its one write statement checks that every account it read is still at the version the lane
+/// holds, and commits by itself (one round trip instead of four). Found stale (another lane or instance changed
+/// an account), it fails whole as a serialization failure; the lane has then forgotten its accounts, and runs
+/// it again with locks. A batch held by the test hook takes the locked path.
+fn optimistic(ctx: &LaneCtx, cache: &AccountCache, jobs: &[Box<dyn Job>]) -> bool {
+    ctx.backend == Backend::Postgres
+        && ctx.config.optimistic
+        && ctx.pause.lock().expect("pause").is_none()
+        && jobs.iter().all(|j| {
+            let p = j.plan();
+            p.optimistic
+                && !p.savepoint
+                && p.events.is_empty()
+                && !p.accounts.is_empty()
+                && p.accounts.iter().all(|a| cache.holds(a))
+        })
+}
+
 async fn run_batch(ctx: &LaneCtx, cache: &mut AccountCache, conn: &mut Conn, mut jobs: Vec<Box<dyn Job>>) {
     let mut result = attempt(ctx, cache, conn, &mut jobs).await;
     for _ in 0..3 {
@@ -316,7 +344,11 @@ async fn attempt(
             c
         }
     };
-    let mut b = match Batch::begin(ctx.backend, ctx.config.low_balance, c).await {
+    let optimistic = optimistic(ctx, cache, jobs);
+    if optimistic {
+        ctx.stats.optimistic.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut b = match Batch::begin(ctx.backend, ctx.config.low_balance, c, optimistic).await {
         Ok(b) => b,
         Err((e, c)) => {
             *conn = c;
@@ -327,10 +359,32 @@ async fn attempt(
         Ok(()) => {
             let (r, c) = b.commit(cache).await;
             *conn = c;
+            if optimistic && r.is_ok() {
+                crate::metrics::global().optimistic_batch(false);
+            }
             r
         }
         Err(e) => {
-            *conn = b.abort().await;
+            // Refused by the database, an optimistic batch left nothing behind; what it assumed (a key unused)
+            // may be why. It is run again with locks, like a stale one.
+            let e = match e {
+                e if optimistic && e.db_code().is_some() && !retryable(&e) => {
+                    StoreError::Conflict(format!("an optimistic batch was refused ({e}); running it with locks"))
+                }
+                e => e,
+            };
+            if optimistic && retryable(&e) {
+                ctx.stats.stale.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::global().optimistic_batch(true);
+                tracing::debug!(error = %e, "optimistic batch found stale; running it again with locks");
+            }
+            // An optimistic batch has no transaction to roll back, but a connection that failed other than by
+            // the database's answer (a broken socket) is not used again.
+            *conn = if optimistic && e.db_code().is_none() && !matches!(e, StoreError::Conflict(_)) {
+                None
+            } else {
+                b.abort().await
+            };
             Err(e)
         }
     }

@@ -14,6 +14,7 @@ mod logs;
 mod middleware;
 mod money_orders;
 mod money_rules;
+mod optimistic;
 mod parallel;
 mod queue;
 mod shutdown;
