@@ -233,7 +233,9 @@ impl Batch {
         if self.unbought.contains(payment) {
             return Ok(None);
         }
-        let q = sqlx::query_scalar("SELECT account_id FROM lots WHERE id = $1 LIMIT 1");
+        // Only a package lot is keyed by its payment (the others' ids are prefixed: `alloc:`, `adjustment:`,
+        // ...): the lookup goes through the package lots' unique index on the payment, not a scan of every lot.
+        let q = sqlx::query_scalar("SELECT account_id FROM lots WHERE id = $1 AND source = 'package' LIMIT 1");
         let found: Option<String> = q.bind(payment).fetch_optional(self.tx()).await?;
         if found.is_none() {
             // No account has it: granting it need not look for it again.

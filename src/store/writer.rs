@@ -232,6 +232,8 @@ async fn lane(mut rx: mpsc::UnboundedReceiver<Box<dyn Job>>, ctx: LaneCtx) {
     // As many jobs as the last batch had are likely on their way (their callers were answered together): wait a
     // moment for them, so a steady load keeps full batches instead of alternating a full one and a small one.
     let mut expected = 1usize;
+    // An optimistic batch is one round trip: waiting to fill the next one would cost more than it saves.
+    let mut last_optimistic = false;
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < max {
@@ -241,7 +243,7 @@ async fn lane(mut rx: mpsc::UnboundedReceiver<Box<dyn Job>>, ctx: LaneCtx) {
             }
         }
         let want = expected.min(max);
-        if !ctx.config.gather.is_zero() && jobs.len() < want {
+        if !ctx.config.gather.is_zero() && !last_optimistic && jobs.len() < want {
             let until = tokio::time::Instant::now() + ctx.config.gather;
             while jobs.len() < want {
                 match tokio::time::timeout_at(until, rx.recv()).await {
@@ -251,6 +253,7 @@ async fn lane(mut rx: mpsc::UnboundedReceiver<Box<dyn Job>>, ctx: LaneCtx) {
             }
         }
         expected = jobs.len();
+        last_optimistic = optimistic(&ctx, &cache, &jobs);
         let run = std::panic::AssertUnwindSafe(run_batch(&ctx, &mut cache, &mut conn, jobs));
         if futures_lite::FutureExt::catch_unwind(run).await.is_err() {
             // A job panicked: its callers were told (their answer channels closed); the lane goes on with a new
