@@ -61,7 +61,7 @@ impl Running {
 
 pub fn state(config: Config, store: Store, clock: Clock) -> Result<AppState, BoxError> {
     let Services { store, intake, commander } = crate::startup::services(&config, store)?;
-    Ok(AppState {
+    Ok(AppState::new(crate::http::Shared {
         store,
         intake,
         commander,
@@ -70,7 +70,7 @@ pub fn state(config: Config, store: Store, clock: Clock) -> Result<AppState, Box
         metrics: crate::metrics::global(),
         broker: crate::queue::BrokerState::default(),
         draining: Default::default(),
-    })
+    }))
 }
 
 /// Open the store, bind `config.listen` (port 0 picks one) and serve until [`Running::shutdown`].

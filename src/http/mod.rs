@@ -58,8 +58,25 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/openapi.json"),
 ];
 
+/// What every handler shares, behind one `Arc`: axum clones the state for every request, and one reference
+/// count costs less than the score of them inside (the store, the intake and the commander each hold several).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub store: Store,
     pub intake: Intake,
     pub commander: Commander,
@@ -71,7 +88,7 @@ pub struct AppState {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl AppState {
+impl Shared {
     pub fn broker_status(&self) -> &'static str {
         self.broker.status()
     }

@@ -368,6 +368,12 @@ impl Batch {
             m.entry(e.kind.as_str(), e.amount);
         }
         slot.note_change(req.now);
+        if self.optimistic && req.key.is_some() && result.is_err() {
+            // The key was taken as unused, and a refusal writes no answer whose key could say otherwise: the
+            // request may be a repeat whose first answer was applied. The batch runs again with locks, where the
+            // key is looked up first.
+            return Err(StoreError::Conflict("a keyed request was refused in an optimistic batch".into()));
+        }
         let applied = result?;
         if let Some(k) = &req.key {
             let effect = Effect {

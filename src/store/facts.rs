@@ -233,8 +233,11 @@ impl Batch {
         if self.unbought.contains(payment) {
             return Ok(None);
         }
-        // Only a package lot is keyed by its payment (the others' ids are prefixed: `alloc:`, `adjustment:`,
-        // ...): the lookup goes through the package lots' unique index on the payment, not a scan of every lot.
+        // Only a package lot is keyed by its payment: the other lots' ids are `signup` or prefixed (`alloc:`,
+        // `adjustment:`, `upgrade:`, `hold-return:`), and a payment id is a Stripe id or a command's
+        // `payment_ref`, which may not contain ':' nor be `signup` (commands/mod.rs). So the lookup goes
+        // through the package lots' unique index on the payment rather than a scan of every lot, and a payment
+        // found in no package lot is in no lot at all (what `unbought` records).
         let q = sqlx::query_scalar("SELECT account_id FROM lots WHERE id = $1 AND source = 'package' LIMIT 1");
         let found: Option<String> = q.bind(payment).fetch_optional(self.tx()).await?;
         if found.is_none() {

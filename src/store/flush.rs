@@ -146,10 +146,13 @@ pub(crate) async fn write(
 ) -> Result<(), StoreError> {
     let mut a = rows::accounts(slots);
     let p = rows::pending(pending);
-    let fresh = if optimistic {
-        if !p.moves.is_empty() || !a.gone_members.is_empty() {
-            return Err(StoreError::Conflict("this batch needs its accounts locked".into()));
-        }
+    if optimistic && (!p.moves.is_empty() || !a.gone_members.is_empty()) {
+        return Err(StoreError::Conflict("this batch needs its accounts locked".into()));
+    }
+    // PostgreSQL checks what the batch read in every batch: an optimistic one depends on it, and in a locked
+    // one it cannot fail, unless something other than this code changed a locked account (then the batch
+    // fails rather than writing entries beside an account row it did not update).
+    let fresh = if backend == Backend::Postgres {
         let mut clean: Vec<(&String, i64)> =
             slots.iter().filter(|(_, s)| !s.dirty && !s.is_new).map(|(id, s)| (id, s.version)).collect();
         clean.sort();

@@ -59,10 +59,11 @@ pub fn int_array(items: impl IntoIterator<Item = Option<i64>>) -> String {
     out
 }
 
-/// Lock and read account rows (`$1` the ids, in id order), and read the stored answers of idempotency keys
+/// Lock and read account rows (`$1` the ids, in the order of their bytes, as the batch sorts them and writes
+/// them, whatever the database's collation), and read the stored answers of idempotency keys
 /// (`$2` accounts, `$3` keys): kind 0 an account, 1 a key.
 pub const LOCK: &str = "WITH a AS MATERIALIZED (SELECT id, balance, signup_granted, next_due_at, created_at, \
-     updated_at, version FROM accounts WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE) \
+     updated_at, version FROM accounts WHERE id = ANY($1::text[]) ORDER BY id COLLATE \"C\" FOR UPDATE) \
      SELECT 0 AS k, id, balance, signup_granted, next_due_at, created_at, updated_at, version, \
      NULL::text AS account_id, NULL::text AS key, NULL::text AS request, NULL::text AS response FROM a \
      UNION ALL SELECT 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, e.account_id, e.key, e.request, e.response \
@@ -71,7 +72,7 @@ pub const LOCK: &str = "WITH a AS MATERIALIZED (SELECT id, balance, signup_grant
 
 /// [`LOCK`] without the lock, for reads.
 pub const HEADS: &str = "WITH a AS MATERIALIZED (SELECT id, balance, signup_granted, next_due_at, created_at, \
-     updated_at, version FROM accounts WHERE id = ANY($1::text[]) ORDER BY id) \
+     updated_at, version FROM accounts WHERE id = ANY($1::text[]) ORDER BY id COLLATE \"C\") \
      SELECT 0 AS k, id, balance, signup_granted, next_due_at, created_at, updated_at, version, \
      NULL::text AS account_id, NULL::text AS key, NULL::text AS request, NULL::text AS response FROM a \
      UNION ALL SELECT 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, e.account_id, e.key, e.request, e.response \

@@ -88,10 +88,12 @@ async fn a_debit_is_not_refused_for_credits_another_instance_granted() {
     let (a, b, url) = two_instances().await;
     a.execute(grant("x", "g1", 2)).await.unwrap();
     a.execute(debit("x", "a1", 1)).await.unwrap();
-    // b grants 100; a still holds a balance of 1, and a refusal there would write nothing at all.
+    // b grants 100; a still holds a balance of 1, on which 50 would be refused.
     b.execute(grant("x", "g2", 100)).await.unwrap();
+    let (_, stale_before) = a.optimistic_stats();
     let out = a.execute(debit("x", "a2", 50)).await.expect("the 100 granted meanwhile cover it");
     assert_eq!(out.applied().balance, 51);
+    assert_eq!(a.optimistic_stats().1, stale_before + 1, "a's memory was found stale and not answered from");
     assert_eq!(balance(&b, "x").await, 51);
     assert_eq!(ledger_problems(&url).await, Vec::<String>::new());
 }
@@ -119,6 +121,49 @@ async fn a_repeated_key_in_an_optimistic_batch_gets_its_first_answer_and_fails_n
         other => panic!("a key reused for another request is a conflict, got {other:?}"),
     }
     assert_eq!(balance(&a, "x").await, 89);
+    assert_eq!(ledger_problems(&url).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repeat_refused_now_still_gets_its_first_answer() {
+    let (a, _b, url) = two_instances().await;
+    a.execute(grant("x", "g1", 5)).await.unwrap();
+    let first = a.execute(debit("x", "k1", 3)).await.unwrap();
+    a.execute(debit("x", "k2", 2)).await.unwrap();
+    // The balance is 0: k1 again would be refused if it were applied, but it was applied already.
+    let again = a.execute(debit("x", "k1", 3)).await.unwrap();
+    assert_eq!(again, Outcome::Duplicate(first.applied().clone()));
+    // Another request under k1 is a conflict, though it would be refused too.
+    match a.execute(debit("x", "k1", 4)).await {
+        Err(StoreError::KeyConflict(k)) => assert_eq!(k, "k1"),
+        other => panic!("a used key with another request is a conflict, got {other:?}"),
+    }
+    // A fresh key on the empty balance is refused, and leaves no answer under its key.
+    assert!(matches!(a.execute(debit("x", "k3", 1)).await, Err(StoreError::Rule(RuleError::Insufficient { .. }))));
+    a.execute(grant("x", "g2", 1)).await.unwrap();
+    assert!(a.execute(debit("x", "k3", 1)).await.is_ok(), "a refused key can be used once credits arrive");
+    assert_eq!(balance(&a, "x").await, 0);
+    assert_eq!(ledger_problems(&url).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn holds_taken_on_another_instance_are_not_spent_again() {
+    let (a, b, url) = two_instances().await;
+    a.execute(grant("x", "g1", 10)).await.unwrap();
+    a.execute(debit("x", "a1", 1)).await.unwrap();
+    // b holds 5 of the 9; a's memory still has 9 spendable.
+    let hold =
+        Op::HoldCreate { id: "h1".into(), credits: 5, deadline: at(t0() + 3600), user_id: None, operation: None };
+    b.execute(req("x", hold, Some("h1"))).await.unwrap();
+    assert!(
+        matches!(a.execute(debit("x", "a2", 6)).await, Err(StoreError::Rule(RuleError::Insufficient { .. }))),
+        "4 are spendable"
+    );
+    // a captures 3 of b's hold: it sees the hold, and 2 come back.
+    let out = a.execute(req("x", Op::HoldCapture { id: "h1".into(), credits: 3 }, Some("c1"))).await.unwrap();
+    assert_eq!(out.applied().balance, 6);
+    assert!(a.execute(debit("x", "a3", 6)).await.is_ok());
+    assert_eq!(balance(&b, "x").await, 0);
     assert_eq!(ledger_problems(&url).await, Vec::<String>::new());
 }
 
@@ -154,6 +199,9 @@ async fn random_interleavings_on_two_instances_lose_and_double_nothing() {
         // other instance may change.
         let mut i = 0;
         while i < 160 {
+            // Keys applied in earlier waves: a repeat of one must get its first answer, never a refusal (within
+            // a wave, a repeat may run before the first and be refused first).
+            let earlier: std::collections::HashSet<(String, String)> = applied.keys().cloned().collect();
             let mut pending = Vec::new();
             for _ in 0..1 + rng.below(12) {
                 i += 1;
@@ -181,7 +229,12 @@ async fn random_interleavings_on_two_instances_lose_and_double_nothing() {
                         let prev = applied.insert((r.account.clone(), key.clone()), credits);
                         assert!(prev.is_none() || prev == Some(credits), "seed {seed}: {key} answered two ways: {o:?}");
                     }
-                    Err(StoreError::Rule(RuleError::Insufficient { .. })) => {}
+                    Err(StoreError::Rule(RuleError::Insufficient { .. })) => {
+                        assert!(
+                            !earlier.contains(&(r.account.clone(), key.clone())),
+                            "seed {seed}: {key} was applied in an earlier wave, and its repeat was refused"
+                        );
+                    }
                     Err(e) => panic!("seed {seed}: {key}: {e}"),
                 }
             }

@@ -19,17 +19,19 @@ pub fn prefix() -> String {
 }
 
 pub async fn app(backend: &str, prefix: &str, t0: i64) -> TestApp {
-    spawn_app_with(
-        backend,
-        t0,
-        &[
-            ("AMQP_URL", AMQP),
-            ("BILLING_AMQP_PREFIX", prefix),
-            ("BILLING_RETRY_DELAYS_MS", "300,600"),
-            ("BILLING_LOCK_TIMEOUT_MS", "300"),
-        ],
-    )
-    .await
+    app_with(backend, prefix, t0, &[]).await
+}
+
+/// [`app`] with more settings.
+pub async fn app_with(backend: &str, prefix: &str, t0: i64, extra: &[(&str, &str)]) -> TestApp {
+    let mut env = vec![
+        ("AMQP_URL", AMQP),
+        ("BILLING_AMQP_PREFIX", prefix),
+        ("BILLING_RETRY_DELAYS_MS", "300,600"),
+        ("BILLING_LOCK_TIMEOUT_MS", "300"),
+    ];
+    env.extend_from_slice(extra);
+    spawn_app_with(backend, t0, &env).await
 }
 
 pub async fn channel() -> (Connection, Channel) {
