@@ -6,14 +6,15 @@
 
 mod load;
 mod naive;
+mod report;
 mod scenarios;
 mod verify;
 mod worker;
 
-use load::Measured;
+use report::{Row, Who};
 use scenarios::Ctx;
-use serde_json::{Value, json};
-use std::path::PathBuf;
+use serde_json::json;
+use std::path::{Path, PathBuf};
 use worker::{RssSampler, Worker};
 
 struct Opts {
@@ -27,10 +28,14 @@ struct Opts {
     backends: Vec<String>,
     scenarios: Vec<String>,
     naive: bool,
+    /// Another worker binary, measured in the same rounds, alternating with `worker`.
+    compare: Option<PathBuf>,
+    rounds: usize,
 }
 
 const USAGE: &str = "billing-bench [--secs 10] [--conns 16] [--accounts 1000] [--worker PATH] [--pg URL] [--amqp URL]
-              [--backends postgres,sqlite] [--scenarios ping,debits,hot,webhooks,holds,queue] [--no-naive] [--out FILE]";
+              [--backends postgres,sqlite] [--scenarios ping,debits,hot,webhooks,holds,queue] [--no-naive] [--out FILE]
+              [--compare OTHER_WORKER] [--rounds 1]";
 
 fn opts() -> Result<Opts, String> {
     let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.to_path_buf())).unwrap_or_default();
@@ -45,6 +50,8 @@ fn opts() -> Result<Opts, String> {
         backends: vec!["postgres".into(), "sqlite".into()],
         scenarios: ["ping", "debits", "hot", "webhooks", "holds", "queue"].map(String::from).to_vec(),
         naive: true,
+        compare: None,
+        rounds: 1,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -61,65 +68,16 @@ fn opts() -> Result<Opts, String> {
             "--backends" => o.backends = val()?.split(',').map(String::from).collect(),
             "--scenarios" => o.scenarios = val()?.split(',').map(String::from).collect(),
             "--no-naive" => o.naive = false,
+            "--compare" => o.compare = Some(val()?.into()),
+            "--rounds" => o.rounds = num(val()?)? as usize,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
     }
-    if o.secs == 0 || o.conns == 0 || o.accounts == 0 {
-        return Err("--secs, --conns and --accounts must be above 0".into());
+    if o.secs == 0 || o.conns == 0 || o.accounts == 0 || o.rounds == 0 {
+        return Err("--secs, --conns, --accounts and --rounds must be above 0".into());
     }
     Ok(o)
-}
-
-/// One line of the table.
-struct Row {
-    work: String,
-    backend: String,
-    m: Measured,
-    rss_mib: Option<f64>,
-    baseline: Option<f64>,
-}
-
-impl Row {
-    fn json(&self) -> Value {
-        json!({
-            "work": self.work, "backend": self.backend, "rate_per_s": round(self.m.rate()),
-            "p50_ms": round(self.m.quantile_ms(0.5)), "p99_ms": round(self.m.quantile_ms(0.99)),
-            "ok": self.m.ok, "errors": self.m.errors, "error_samples": self.m.samples,
-            "peak_rss_mib": self.rss_mib.map(round),
-            "ratio_to_naive": self.baseline.filter(|b| *b > 0.0).map(|b| round(self.m.rate() / b)),
-        })
-    }
-}
-
-fn round(v: f64) -> f64 {
-    (v * 100.0).round() / 100.0
-}
-
-fn print_table(rows: &[Row]) {
-    println!();
-    println!(
-        "{:<34} {:<9} {:>9} {:>8} {:>8} {:>7} {:>9} {:>9}",
-        "work", "backend", "rate/s", "p50 ms", "p99 ms", "errors", "RSS MiB", "vs naive"
-    );
-    for r in rows {
-        let rss = r.rss_mib.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
-        let ratio = r.baseline.filter(|b| *b > 0.0).map(|b| format!("{:.2}x", r.m.rate() / b)).unwrap_or("-".into());
-        println!(
-            "{:<34} {:<9} {:>9.0} {:>8.2} {:>8.2} {:>7} {:>9} {:>9}",
-            r.work,
-            r.backend,
-            r.m.rate(),
-            r.m.quantile_ms(0.5),
-            r.m.quantile_ms(0.99),
-            r.m.errors,
-            rss,
-            ratio
-        );
-        for s in r.m.samples.iter().take(2) {
-            println!("    error: {}", s.chars().take(200).collect::<String>());
-        }
-    }
 }
 
 async fn fresh_db(backend: &str, pg: &str, dir: &std::path::Path) -> Result<String, String> {
@@ -149,103 +107,135 @@ async fn fresh_db(backend: &str, pg: &str, dir: &std::path::Path) -> Result<Stri
     }
 }
 
+/// Start `path` on a fresh database of `backend`, seed it, run every scenario, stop it and check its ledger.
+async fn measure(
+    o: &Opts,
+    who: Who,
+    round: usize,
+    path: &Path,
+    backend: &str,
+    naive: (Option<f64>, Option<f64>),
+    dir: &Path,
+) -> Result<(Vec<Row>, Vec<String>), String> {
+    let secs = o.secs as f64;
+    let db_url = fresh_db(backend, &o.pg, dir).await?;
+    let amqp = o.scenarios.iter().any(|s| s == "queue").then_some(o.amqp.as_str());
+    eprintln!("{backend}: starting {} on {db_url}", path.display());
+    let w = Worker::start(path, &db_url, amqp, &dir.join(format!("worker-{backend}.log"))).await?;
+    let rss = RssSampler::start(w.pid().ok_or("worker has no pid")?);
+    let ctx = Ctx::new(&w, o.conns);
+    eprintln!("{backend}: seeding {} accounts", o.accounts);
+    scenarios::seed(&ctx, o.accounts).await?;
+    rss.take_peak_mib();
+    let mut rows = Vec::new();
+    for s in &o.scenarios {
+        eprintln!("{backend}: {s} for {}s", o.secs);
+        let (work, m, baseline) = match s.as_str() {
+            "debits" => (
+                "debits over HTTP, 1,000 accounts",
+                scenarios::debits(&ctx, "spread", Some(o.accounts), o.conns, secs).await,
+                naive.0,
+            ),
+            "hot" => (
+                "debits over HTTP, one hot account",
+                scenarios::debits(&ctx, "hot", None, o.conns, secs).await,
+                naive.1,
+            ),
+            "webhooks" => {
+                ("distinct signed webhooks", scenarios::webhooks(&ctx, o.accounts, o.conns, secs).await, None)
+            }
+            "holds" => ("holds with capture", scenarios::holds(&ctx, o.accounts, o.conns, secs).await, None),
+            "queue" => {
+                ("package.purchased via RabbitMQ", scenarios::queue(&ctx, &o.amqp, o.accounts, secs).await, None)
+            }
+            "ping" => ("GET /healthz (HTTP ceiling)", scenarios::ping(&ctx, o.conns, secs).await, None),
+            other => return Err(format!("unknown scenario {other}")),
+        };
+        let rss_mib = Some(rss.take_peak_mib());
+        rows.push(Row { who, round, work: work.into(), backend: backend.into(), m, rss_mib, baseline });
+    }
+    rss.stop();
+    let acked = std::mem::take(&mut *ctx.acked.lock().unwrap());
+    let prefix = w.prefix.clone();
+    w.stop().await;
+    if amqp.is_some() {
+        scenarios::remove_topology(&o.amqp, &prefix).await;
+    }
+    let problems = verify::check(&db_url, &acked).await?;
+    eprintln!(
+        "{backend}: ledger check over {} debits, {} webhooks, {} holds, {} commands: {}",
+        acked.debits.len(),
+        acked.webhooks.len(),
+        acked.holds.len(),
+        acked.commands.len(),
+        if problems.is_empty() { "ok".to_owned() } else { problems.join("; ") }
+    );
+    let name = path.display();
+    Ok((rows, problems.into_iter().map(|p| format!("{backend} ({name}): {p}")).collect()))
+}
+
 async fn run() -> Result<bool, String> {
     let o = opts()?;
     let _ = rustls::crypto::ring::default_provider().install_default();
-    if !o.worker.exists() {
-        return Err(format!(
-            "{} not found: build it with `cargo build --release` (or pass --worker)",
-            o.worker.display()
-        ));
+    for w in std::iter::once(&o.worker).chain(o.compare.iter()) {
+        if !w.exists() {
+            return Err(format!("{} not found: build it with `cargo build --release` (or pass --worker)", w.display()));
+        }
     }
     let dir = std::env::temp_dir().join(format!("billing-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let secs = o.secs as f64;
     let mut rows: Vec<Row> = Vec::new();
-    let (mut naive_spread, mut naive_hot) = (None, None);
-    if o.naive {
-        let admin = naive::parse_url(&o.pg);
-        eprintln!(
-            "naive baseline: pgbench -c {} for {}s, {} accounts and one hot account",
-            o.conns, o.secs, o.accounts
-        );
-        let db = naive::prepare(&admin, o.accounts as usize)?;
-        for (work, n) in [("naive debits, 1,000 accounts", o.accounts as usize), ("naive debits, one hot account", 1)] {
-            let m = naive::run(&admin, &db, o.conns, o.secs, n, &dir.join("pgbench"))?;
-            if n > 1 {
-                naive_spread = Some(m.rate());
-            } else {
-                naive_hot = Some(m.rate());
-            }
-            rows.push(Row { work: work.into(), backend: "postgres".into(), m, rss_mib: None, baseline: None });
-        }
-    }
     let mut problems_all = Vec::new();
-    for backend in &o.backends {
-        let db_url = fresh_db(backend, &o.pg, &dir).await?;
-        let amqp = o.scenarios.iter().any(|s| s == "queue").then_some(o.amqp.as_str());
-        eprintln!("{backend}: starting {} on {db_url}", o.worker.display());
-        let w = Worker::start(&o.worker, &db_url, amqp, &dir.join(format!("worker-{backend}.log"))).await?;
-        let rss = RssSampler::start(w.pid().ok_or("worker has no pid")?);
-        let ctx = Ctx::new(&w, o.conns);
-        eprintln!("{backend}: seeding {} accounts", o.accounts);
-        scenarios::seed(&ctx, o.accounts).await?;
-        rss.take_peak_mib();
-        for s in &o.scenarios {
-            eprintln!("{backend}: {s} for {}s", o.secs);
-            let (work, m, baseline) = match s.as_str() {
-                "debits" => (
-                    "debits over HTTP, 1,000 accounts",
-                    scenarios::debits(&ctx, "spread", Some(o.accounts), o.conns, secs).await,
-                    naive_spread,
-                ),
-                "hot" => (
-                    "debits over HTTP, one hot account",
-                    scenarios::debits(&ctx, "hot", None, o.conns, secs).await,
-                    naive_hot,
-                ),
-                "webhooks" => {
-                    ("distinct signed webhooks", scenarios::webhooks(&ctx, o.accounts, o.conns, secs).await, None)
-                }
-                "holds" => ("holds with capture", scenarios::holds(&ctx, o.accounts, o.conns, secs).await, None),
-                "queue" => {
-                    ("package.purchased via RabbitMQ", scenarios::queue(&ctx, &o.amqp, o.accounts, secs).await, None)
-                }
-                "ping" => ("GET /healthz (HTTP ceiling)", scenarios::ping(&ctx, o.conns, secs).await, None),
-                other => return Err(format!("unknown scenario {other}")),
-            };
-            rows.push(Row {
-                work: work.into(),
-                backend: backend.clone(),
-                m,
-                rss_mib: Some(rss.take_peak_mib()),
-                baseline,
-            });
+    for round in 0..o.rounds {
+        if o.rounds > 1 {
+            eprintln!("round {} of {}", round + 1, o.rounds);
         }
-        rss.stop();
-        let acked = std::mem::take(&mut *ctx.acked.lock().unwrap());
-        let prefix = w.prefix.clone();
-        w.stop().await;
-        if amqp.is_some() {
-            scenarios::remove_topology(&o.amqp, &prefix).await;
+        let (mut naive_spread, mut naive_hot) = (None, None);
+        if o.naive {
+            let admin = naive::parse_url(&o.pg);
+            eprintln!(
+                "naive baseline: pgbench -c {} for {}s, {} accounts and one hot account",
+                o.conns, o.secs, o.accounts
+            );
+            let db = naive::prepare(&admin, o.accounts as usize)?;
+            for (work, n) in
+                [("naive debits, 1,000 accounts", o.accounts as usize), ("naive debits, one hot account", 1)]
+            {
+                let m = naive::run(&admin, &db, o.conns, o.secs, n, &dir.join("pgbench"))?;
+                if n > 1 {
+                    naive_spread = Some(m.rate());
+                } else {
+                    naive_hot = Some(m.rate());
+                }
+                let backend = "postgres".into();
+                rows.push(Row { who: Who::Naive, round, work: work.into(), backend, m, rss_mib: None, baseline: None });
+            }
         }
-        let problems = verify::check(&db_url, &acked).await?;
-        eprintln!(
-            "{backend}: ledger check over {} debits, {} webhooks, {} holds, {} commands: {}",
-            acked.debits.len(),
-            acked.webhooks.len(),
-            acked.holds.len(),
-            acked.commands.len(),
-            if problems.is_empty() { "ok".to_owned() } else { problems.join("; ") }
-        );
-        problems_all.extend(problems.into_iter().map(|p| format!("{backend}: {p}")));
+        // The compared worker goes first in every other round, so a drift of the machine weighs on both alike.
+        let mut workers = vec![(Who::Worker, &o.worker)];
+        if let Some(c) = &o.compare {
+            workers.push((Who::Compare, c));
+            if round % 2 == 1 {
+                workers.reverse();
+            }
+        }
+        for backend in &o.backends {
+            for (who, path) in &workers {
+                let (r, p) = measure(&o, *who, round, path, backend, (naive_spread, naive_hot), &dir).await?;
+                rows.extend(r);
+                problems_all.extend(p);
+            }
+        }
     }
-    print_table(&rows);
+    report::print_table(&rows, o.rounds, o.compare.is_some());
     let unexpected: u64 = rows.iter().map(|r| r.m.errors).sum();
     let report = json!({
         "at": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "secs_per_run": o.secs, "connections": o.conns, "accounts": o.accounts,
+        "secs_per_run": o.secs, "connections": o.conns, "accounts": o.accounts, "rounds": o.rounds,
+        "worker": o.worker.display().to_string(),
+        "compare": o.compare.as_ref().map(|c| c.display().to_string()),
+        "summary": report::summary_json(&rows),
         "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
         "ledger_problems": problems_all,
     });
