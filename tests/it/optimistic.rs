@@ -81,6 +81,12 @@ async fn a_debit_is_never_applied_on_credits_another_instance_spent() {
     assert!(a.execute(debit("x", "a4", 1)).await.is_err());
     assert_eq!(balance(&a, "x").await, 0);
     assert_eq!(ledger_problems(&url).await, Vec::<String>::new());
+    // Operators see both outcomes in /metrics.
+    let text = billing_worker::metrics::global().render(&[]);
+    for outcome in ["written", "stale"] {
+        let line = format!("billing_write_optimistic_batches_total{{outcome=\"{outcome}\"}} ");
+        assert!(text.contains(&line), "{line} in {text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
