@@ -106,13 +106,13 @@ impl Registry {
         self.inc("billing_write_batch_jobs_total", "Changes committed in write batches", vec![], jobs as f64);
     }
 
-    /// A batch tried optimistically (no locks, checked by version as it is written); `stale`: another writer had
-    /// changed one of its accounts, and it was run again with locks.
-    pub fn optimistic_batch(&self, stale: bool) {
-        let outcome = if stale { "stale" } else { "written" };
+    /// A batch tried optimistically (no locks, checked by version as it is written): `written`; `stale`, another
+    /// writer had changed one of its accounts; `retried`, it needed what only locks give (a keyed request
+    /// refused, a key used before). The last two are run again with locks.
+    pub fn optimistic_batch(&self, outcome: &'static str) {
         self.inc(
             "billing_write_optimistic_batches_total",
-            "Write batches tried without locks, by outcome (stale ones are run again with locks)",
+            "Write batches tried without locks, by outcome (stale and retried ones are run again with locks)",
             vec![("outcome", outcome.into())],
             1.0,
         );

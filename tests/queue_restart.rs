@@ -27,8 +27,9 @@ fn rabbitmqctl(args: &[&str]) {
 async fn a_broker_restart_in_the_middle_of_5000_commands_loses_and_repeats_nothing() {
     let p = prefix();
     // A small prefetch keeps the worker from applying all 5,000 in the second or two `rabbitmqctl` takes to stop
-    // the broker, so the restart lands in the middle (asserted below).
-    let app = app_with("sqlite", &p, t0(), &[("BILLING_AMQP_PREFETCH", "4")]).await;
+    // the broker, so the restart lands in the middle (asserted below), with commands in flight whose acks the
+    // stop loses (redelivered after it, and counted as duplicates below).
+    let app = app_with("sqlite", &p, t0(), &[("BILLING_AMQP_PREFETCH", "16")]).await;
     ready(&app).await;
     let (c, ch) = channel().await;
     let queue = event_queue(&ch, &p).await;
@@ -104,6 +105,13 @@ async fn a_broker_restart_in_the_middle_of_5000_commands_loses_and_repeats_nothi
     rabbitmqctl(&["start_app"]);
     eventually("every command applied", 240, || async { applied().await == N + 2 * ACCOUNTS }).await;
     assert!(mid < N + 2 * ACCOUNTS, "the restart came in the middle ({mid} applied by then)");
+    // Commands in flight at the stop came again after it, and were recognized (the balances below show they
+    // were not applied twice).
+    let metrics = billing_worker::metrics::global().render(&[]);
+    assert!(
+        metrics.lines().any(|l| l.starts_with("billing_commands_total{outcome=\"duplicate\"}")),
+        "some commands were delivered again after the restart: {metrics}"
+    );
     for a in 0..ACCOUNTS {
         assert_eq!(
             balance(&app, &format!("acc{a}")).await,

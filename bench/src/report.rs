@@ -16,6 +16,11 @@ pub enum Who {
     Compare,
 }
 
+/// The name of `who`, in the JSON and in the workers' log files.
+pub fn who_name(who: Who) -> &'static str {
+    who.name()
+}
+
 impl Who {
     fn name(self) -> &'static str {
         match self {

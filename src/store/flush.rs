@@ -99,6 +99,7 @@ async fn run_all(
     postgres: bool,
     mut all: Vec<Rows>,
     fresh: Option<Fresh>,
+    optimistic: bool,
 ) -> Result<Vec<Returned>, StoreError> {
     if !postgres {
         // New accounts first: SQLite checks foreign keys at each statement.
@@ -111,7 +112,8 @@ async fn run_all(
         return Ok(out);
     }
     let mask = all.iter().enumerate().filter(|(_, r)| !r.args.is_empty()).fold(0u32, |m, (i, _)| m | 1 << i);
-    if mask == 0 && fresh.is_none() {
+    // A locked batch that writes nothing has nothing to check either (what it read is locked).
+    if mask == 0 && !optimistic {
         return Ok(Vec::new());
     }
     let mut q = sqlx::query(sqlx::AssertSqlSafe(pg::write_statement(&TABLES, mask, fresh.is_some())));
@@ -190,7 +192,7 @@ pub(crate) async fn write(
         p.invoices,
         p.invoice_payments,
     ];
-    got.extend(run_all(tx, backend == Backend::Postgres, all, fresh).await?);
+    got.extend(run_all(tx, backend == Backend::Postgres, all, fresh, optimistic).await?);
     let created = got.iter().filter(|r| r.0 == "a").count();
     if created != expect_new {
         return Err(StoreError::Conflict(format!("{} of {expect_new} new accounts existed", expect_new - created)));

@@ -271,8 +271,8 @@ impl Store {
         (s.batches.load(std::sync::atomic::Ordering::Relaxed), s.jobs.load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    /// Batches written optimistically (without locks, checked by version) and those of them found stale and run
-    /// again with locks, since the store was opened.
+    /// Batches tried optimistically (without locks, checked by version) and those of them found stale by the
+    /// version check and run again with locks, since the store was opened.
     pub fn optimistic_stats(&self) -> (u64, u64) {
         let s = &self.writer.stats;
         (s.optimistic.load(std::sync::atomic::Ordering::Relaxed), s.stale.load(std::sync::atomic::Ordering::Relaxed))

@@ -118,7 +118,7 @@ pub(crate) struct LaneCtx {
 pub struct WriterStats {
     pub batches: AtomicU64,
     pub jobs: AtomicU64,
-    /// Batches written optimistically, and those of them found stale (run again with locks).
+    /// Batches tried optimistically, and those of them found stale by the version check (run again with locks).
     pub optimistic: AtomicU64,
     pub stale: AtomicU64,
 }
@@ -363,7 +363,7 @@ async fn attempt(
             let (r, c) = b.commit(cache).await;
             *conn = c;
             if optimistic && r.is_ok() {
-                crate::metrics::global().optimistic_batch(false);
+                crate::metrics::global().optimistic_batch("written");
             }
             r
         }
@@ -377,9 +377,14 @@ async fn attempt(
                 e => e,
             };
             if optimistic && retryable(&e) {
-                ctx.stats.stale.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::global().optimistic_batch(true);
-                tracing::debug!(error = %e, "optimistic batch found stale; running it again with locks");
+                // Stale: the version check failed (another writer changed an account). Otherwise the batch
+                // needed what only locks give (a keyed refusal, a key used before, rows moved).
+                let stale = e.db_code().as_deref() == Some("40001");
+                if stale {
+                    ctx.stats.stale.fetch_add(1, Ordering::Relaxed);
+                }
+                crate::metrics::global().optimistic_batch(if stale { "stale" } else { "retried" });
+                tracing::debug!(error = %e, stale, "optimistic batch not written; running it again with locks");
             }
             // An optimistic batch has no transaction to roll back, but a connection that failed other than by
             // the database's answer (a broken socket) is not used again.

@@ -49,6 +49,13 @@ async fn ledger_problems(url: &str) -> Vec<String> {
     off
 }
 
+/// `r` without an idempotency key: refused or not, it is written (or checked) by version, so these test the
+/// version check itself (a keyed refusal is run again with locks before any check).
+fn unkeyed(mut r: Request) -> Request {
+    r.key = None;
+    r
+}
+
 async fn balance(store: &Store, account: &str) -> i64 {
     i64::from(store.account(account, at(t0())).await.unwrap().balance)
 }
@@ -71,7 +78,7 @@ async fn a_debit_is_never_applied_on_credits_another_instance_spent() {
     // The other instance spends 8 of the 9 left; a's memory still says 9.
     b.execute(debit("x", "b1", 8)).await.unwrap();
     let (_, stale_before) = a.optimistic_stats();
-    match a.execute(debit("x", "a2", 5)).await {
+    match a.execute(unkeyed(debit("x", "a2", 5))).await {
         Err(StoreError::Rule(RuleError::Insufficient { .. })) => {}
         other => panic!("5 credits on a balance of 1 must be refused, got {other:?}"),
     }
@@ -97,7 +104,7 @@ async fn a_debit_is_not_refused_for_credits_another_instance_granted() {
     // b grants 100; a still holds a balance of 1, on which 50 would be refused.
     b.execute(grant("x", "g2", 100)).await.unwrap();
     let (_, stale_before) = a.optimistic_stats();
-    let out = a.execute(debit("x", "a2", 50)).await.expect("the 100 granted meanwhile cover it");
+    let out = a.execute(unkeyed(debit("x", "a2", 50))).await.expect("the 100 granted meanwhile cover it");
     assert_eq!(out.applied().balance, 51);
     assert_eq!(a.optimistic_stats().1, stale_before + 1, "a's memory was found stale and not answered from");
     assert_eq!(balance(&b, "x").await, 51);
@@ -149,6 +156,8 @@ async fn a_repeat_refused_now_still_gets_its_first_answer() {
     a.execute(grant("x", "g2", 1)).await.unwrap();
     assert!(a.execute(debit("x", "k3", 1)).await.is_ok(), "a refused key can be used once credits arrive");
     assert_eq!(balance(&a, "x").await, 0);
+    let text = billing_worker::metrics::global().render(&[]);
+    assert!(text.contains("billing_write_optimistic_batches_total{outcome=\"retried\"} "), "{text}");
     assert_eq!(ledger_problems(&url).await, Vec::<String>::new());
 }
 
@@ -161,13 +170,16 @@ async fn holds_taken_on_another_instance_are_not_spent_again() {
     let hold =
         Op::HoldCreate { id: "h1".into(), credits: 5, deadline: at(t0() + 3600), user_id: None, operation: None };
     b.execute(req("x", hold, Some("h1"))).await.unwrap();
+    let (_, stale_before) = a.optimistic_stats();
     assert!(
-        matches!(a.execute(debit("x", "a2", 6)).await, Err(StoreError::Rule(RuleError::Insufficient { .. }))),
+        matches!(a.execute(unkeyed(debit("x", "a2", 6))).await, Err(StoreError::Rule(RuleError::Insufficient { .. }))),
         "4 are spendable"
     );
-    // a captures 3 of b's hold: it sees the hold, and 2 come back.
-    let out = a.execute(req("x", Op::HoldCapture { id: "h1".into(), credits: 3 }, Some("c1"))).await.unwrap();
+    assert_eq!(a.optimistic_stats().1, stale_before + 1, "a's memory was found stale");
+    // a's memory is now the account as it is: it captures 3 of b's hold (unkeyed, without locks), 2 come back.
+    let out = a.execute(unkeyed(req("x", Op::HoldCapture { id: "h1".into(), credits: 3 }, None))).await.unwrap();
     assert_eq!(out.applied().balance, 6);
+    assert_eq!(a.optimistic_stats().1, stale_before + 1, "nobody changed x meanwhile");
     assert!(a.execute(debit("x", "a3", 6)).await.is_ok());
     assert_eq!(balance(&b, "x").await, 0);
     assert_eq!(ledger_problems(&url).await, Vec::<String>::new());
