@@ -228,6 +228,7 @@ impl Writer {
 async fn lane(mut rx: mpsc::UnboundedReceiver<Box<dyn Job>>, ctx: LaneCtx) {
     let max = ctx.config.max_batch.max(1);
     let mut cache = AccountCache::default();
+    let mut backoff = Backoff::default();
     let mut conn: Conn = None;
     // As many jobs as the last batch had are likely on their way (their callers were answered together): wait a
     // moment for them, so a steady load keeps full batches instead of alternating a full one and a small one.
@@ -254,7 +255,7 @@ async fn lane(mut rx: mpsc::UnboundedReceiver<Box<dyn Job>>, ctx: LaneCtx) {
         }
         expected = jobs.len();
         last_optimistic = optimistic(&ctx, &cache, &jobs);
-        let run = std::panic::AssertUnwindSafe(run_batch(&ctx, &mut cache, &mut conn, jobs));
+        let run = std::panic::AssertUnwindSafe(run_batch(&ctx, &mut cache, &mut backoff, &mut conn, jobs));
         if futures_lite::FutureExt::catch_unwind(run).await.is_err() {
             // A job panicked: its callers were told (their answer channels closed); the lane goes on with a new
             // connection and nothing in memory.
@@ -269,6 +270,35 @@ async fn lane(mut rx: mpsc::UnboundedReceiver<Box<dyn Job>>, ctx: LaneCtx) {
 /// the victim.
 fn retryable(e: &StoreError) -> bool {
     matches!(e, StoreError::Conflict(_)) || matches!(e.db_code().as_deref(), Some("40P01") | Some("40001"))
+}
+
+/// When optimistic batches keep finding an account changed by another writer (requests for the same accounts
+/// spread over instances), each costs a round trip more than locking would have. Past about a quarter of the
+/// recent ones found stale, a lane locks for its next 64 batches, then tries again.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff {
+    score: f32,
+    cool: u32,
+}
+
+impl Backoff {
+    /// Whether the next batch that could go optimistically may.
+    pub(crate) fn allow(&mut self) -> bool {
+        if self.cool > 0 {
+            self.cool -= 1;
+            return false;
+        }
+        true
+    }
+
+    /// An optimistic batch was written (`stale` false) or found stale.
+    pub(crate) fn record(&mut self, stale: bool) {
+        self.score = self.score * 0.9 + if stale { 0.1 } else { 0.0 };
+        if self.score > 0.25 {
+            self.cool = 64;
+            self.score = 0.0;
+        }
+    }
 }
 
 /// Whether a batch may be written optimistically: on PostgreSQL, when every job changes accounts only through
@@ -291,11 +321,17 @@ fn optimistic(ctx: &LaneCtx, cache: &AccountCache, jobs: &[Box<dyn Job>]) -> boo
         })
 }
 
-async fn run_batch(ctx: &LaneCtx, cache: &mut AccountCache, conn: &mut Conn, mut jobs: Vec<Box<dyn Job>>) {
-    let mut result = attempt(ctx, cache, conn, &mut jobs).await;
+async fn run_batch(
+    ctx: &LaneCtx,
+    cache: &mut AccountCache,
+    backoff: &mut Backoff,
+    conn: &mut Conn,
+    mut jobs: Vec<Box<dyn Job>>,
+) {
+    let mut result = attempt(ctx, cache, backoff, conn, &mut jobs).await;
     for _ in 0..3 {
         match &result {
-            Err(e) if retryable(e) => result = attempt(ctx, cache, conn, &mut jobs).await,
+            Err(e) if retryable(e) => result = attempt(ctx, cache, backoff, conn, &mut jobs).await,
             _ => break,
         }
     }
@@ -314,10 +350,10 @@ async fn run_batch(ctx: &LaneCtx, cache: &mut AccountCache, conn: &mut Conn, mut
             tracing::debug!(error = %e, jobs = jobs.len(), "batch failed; running its jobs one by one");
             for j in jobs {
                 let mut one = vec![j];
-                let mut r = attempt(ctx, cache, conn, &mut one).await;
+                let mut r = attempt(ctx, cache, backoff, conn, &mut one).await;
                 for _ in 0..3 {
                     match &r {
-                        Err(e) if retryable(e) => r = attempt(ctx, cache, conn, &mut one).await,
+                        Err(e) if retryable(e) => r = attempt(ctx, cache, backoff, conn, &mut one).await,
                         _ => break,
                     }
                 }
@@ -335,6 +371,7 @@ type Conn = Option<sqlx::pool::PoolConnection<sqlx::Any>>;
 async fn attempt(
     ctx: &LaneCtx,
     cache: &mut AccountCache,
+    backoff: &mut Backoff,
     conn: &mut Conn,
     jobs: &mut [Box<dyn Job>],
 ) -> Result<(), StoreError> {
@@ -347,7 +384,7 @@ async fn attempt(
             c
         }
     };
-    let optimistic = optimistic(ctx, cache, jobs);
+    let optimistic = optimistic(ctx, cache, jobs) && backoff.allow();
     if optimistic {
         ctx.stats.optimistic.fetch_add(1, Ordering::Relaxed);
     }
@@ -363,6 +400,7 @@ async fn attempt(
             let (r, c) = b.commit(cache).await;
             *conn = c;
             if optimistic && r.is_ok() {
+                backoff.record(false);
                 crate::metrics::global().optimistic_batch("written");
             }
             r
@@ -382,6 +420,7 @@ async fn attempt(
                 let stale = e.db_code().as_deref() == Some("40001");
                 if stale {
                     ctx.stats.stale.fetch_add(1, Ordering::Relaxed);
+                    backoff.record(true);
                 }
                 crate::metrics::global().optimistic_batch(if stale { "stale" } else { "retried" });
                 tracing::debug!(error = %e, stale, "optimistic batch not written; running it again with locks");
@@ -429,6 +468,27 @@ async fn run_jobs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lane_that_keeps_finding_stale_accounts_locks_for_a_while_then_tries_again() {
+        let mut b = Backoff::default();
+        // Mostly written, a stale one now and then: it keeps going without locks.
+        for i in 0..500 {
+            assert!(b.allow());
+            b.record(i % 10 == 0);
+        }
+        // Stale after stale: within a few it locks for 64 batches.
+        let mut stale_in_a_row = 0;
+        while b.allow() {
+            b.record(true);
+            stale_in_a_row += 1;
+            assert!(stale_in_a_row < 10, "it backs off after a few stale batches");
+        }
+        for _ in 1..64 {
+            assert!(!b.allow(), "locked for 64 batches");
+        }
+        assert!(b.allow(), "then it tries again");
+    }
 
     #[test]
     fn an_account_always_goes_to_the_same_lane() {
