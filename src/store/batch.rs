@@ -54,6 +54,9 @@ pub struct Batch {
     /// No transaction is open and no account locked: the accounts come from the lane's memory, and the write
     /// statement checks their versions and commits ([`super::writer`]).
     optimistic: bool,
+    /// The entries written by [`Batch::flush`] (kind, amount), counted in the metrics once committed: a batch
+    /// run again, or a job taken back, counts nothing twice.
+    written: Vec<(&'static str, i64)>,
 }
 
 fn json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
@@ -103,6 +106,7 @@ impl Batch {
             pending: Pending::default(),
             journals: Vec::new(),
             optimistic,
+            written: Vec::new(),
         })
     }
 
@@ -363,10 +367,6 @@ impl Batch {
             data["cause"] = serde_json::Value::String(req.cause.clone());
             self.pending.outbox.push(outbox_row(ev.kind, Some(&req.account), data, req.now));
         }
-        let m = crate::metrics::global();
-        for e in &slot.account.entries {
-            m.entry(e.kind.as_str(), e.amount);
-        }
         slot.note_change(req.now);
         if self.optimistic && req.key.is_some() && result.is_err() {
             // The key was taken as unused, and a refusal writes no answer whose key could say otherwise: the
@@ -429,6 +429,12 @@ impl Batch {
 
     /// Write every change of the batch.
     pub(crate) async fn flush(&mut self) -> Result<(), StoreError> {
+        self.written = self
+            .slots
+            .values()
+            .filter(|s| s.dirty)
+            .flat_map(|s| s.entries.iter().map(|(e, _)| (e.kind.as_str(), e.amount)))
+            .collect();
         let pending = std::mem::take(&mut self.pending);
         super::flush::write(&mut self.slots, pending, &mut self.conn, self.backend, self.optimistic).await
     }
@@ -439,13 +445,20 @@ impl Batch {
         mut self,
         cache: &mut AccountCache,
     ) -> (Result<(), StoreError>, Option<PoolConnection<Any>>) {
+        let m = crate::metrics::global();
         if self.optimistic {
             // Its write statement committed it.
+            for (kind, amount) in self.written {
+                m.entry(kind, amount);
+            }
             cache.keep(self.slots);
             return (Ok(()), Some(self.conn));
         }
         match sqlx::raw_sql("COMMIT").execute(&mut *self.conn).await {
             Ok(_) => {
+                for (kind, amount) in self.written {
+                    m.entry(kind, amount);
+                }
                 cache.keep(self.slots);
                 (Ok(()), Some(self.conn))
             }

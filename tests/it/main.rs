@@ -10,6 +10,7 @@ mod commands_http;
 mod console;
 mod console_browser;
 mod deploy_files;
+mod ledger_metrics;
 mod logs;
 mod middleware;
 mod money_orders;
