@@ -121,7 +121,7 @@ async fn measure(
     let db_url = fresh_db(backend, &o.pg, dir).await?;
     let amqp = o.scenarios.iter().any(|s| s == "queue").then_some(o.amqp.as_str());
     eprintln!("{backend}: starting {} on {db_url}", path.display());
-    let log = dir.join(format!("{}-{backend}-round{round}.log", report::who_name(who)));
+    let log = dir.join(format!("{}-{backend}-round{round}.log", who.name()));
     let w = Worker::start(path, &db_url, amqp, &log).await?;
     let rss = RssSampler::start(w.pid().ok_or("worker has no pid")?);
     let ctx = Ctx::new(&w, o.conns);

@@ -16,13 +16,9 @@ pub enum Who {
     Compare,
 }
 
-/// The name of `who`, in the JSON and in the workers' log files.
-pub fn who_name(who: Who) -> &'static str {
-    who.name()
-}
-
 impl Who {
-    fn name(self) -> &'static str {
+    /// Its name in the JSON and in the workers' log files.
+    pub fn name(self) -> &'static str {
         match self {
             Who::Naive => "naive",
             Who::Worker => "worker",

@@ -445,27 +445,20 @@ impl Batch {
         mut self,
         cache: &mut AccountCache,
     ) -> (Result<(), StoreError>, Option<PoolConnection<Any>>) {
-        let m = crate::metrics::global();
-        if self.optimistic {
-            // Its write statement committed it.
-            for (kind, amount) in self.written {
-                m.entry(kind, amount);
-            }
-            cache.keep(self.slots);
-            return (Ok(()), Some(self.conn));
-        }
-        match sqlx::raw_sql("COMMIT").execute(&mut *self.conn).await {
-            Ok(_) => {
-                for (kind, amount) in self.written {
-                    m.entry(kind, amount);
-                }
-                cache.keep(self.slots);
-                (Ok(()), Some(self.conn))
-            }
+        // An optimistic batch was committed by its write statement.
+        if !self.optimistic
+            && let Err(e) = sqlx::raw_sql("COMMIT").execute(&mut *self.conn).await
+        {
             // Whether it committed is unknown: the connection is not used again, and the callers are told to retry
             // (every change is idempotent by its keys).
-            Err(e) => (Err(e.into()), None),
+            return (Err(e.into()), None);
         }
+        let m = crate::metrics::global();
+        for (kind, amount) in self.written {
+            m.entry(kind, amount);
+        }
+        cache.keep(self.slots);
+        (Ok(()), Some(self.conn))
     }
 
     /// Roll back; the connection is given back when that worked.

@@ -5,7 +5,7 @@
 
 use super::load::{Slot, params};
 use super::pending::Pending;
-use super::tables::{Arg, NEW_ACCOUNTS, Rows, TABLES};
+use super::tables::{Arg, COUNTED, NEW_ACCOUNTS, Rows, TABLES};
 use super::{Backend, StoreError, Tx, pg, rows};
 use pg::Ty::{Int, Text};
 use std::collections::HashMap;
@@ -116,14 +116,15 @@ async fn run_all(
     if mask == 0 && !optimistic {
         return Ok(Vec::new());
     }
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(pg::write_statement(&TABLES, mask, fresh.is_some())));
+    let check = fresh.is_some().then_some(&COUNTED[..]);
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(pg::write_statement(&TABLES, mask, check)));
     for r in all.iter().filter(|r| !r.args.is_empty()) {
         for array in r.arrays() {
             q = q.bind(array);
         }
     }
     if let Some(f) = fresh {
-        let counts = pg::COUNTED.map(|t| Some(all[t].rows() as i64));
+        let counts = COUNTED.map(|t| Some(all[t].rows() as i64));
         q = q
             .bind(pg::text_array(f.ids.iter().map(|s| Some(s.as_str()))))
             .bind(pg::int_array(f.versions.iter().map(|v| Some(*v))))

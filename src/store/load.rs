@@ -223,8 +223,8 @@ fn effect_of(r: &AnyRow) -> Result<((String, String), Effect), StoreError> {
 /// On PostgreSQL the lock and the keys are one statement, and the rest of the accounts not in memory a second
 /// one, whose snapshot is taken after the locks are held (so it sees what the previous holder committed). The
 /// keys are read in the first statement's snapshot, which may predate a key committed by another instance
-/// while this one waited for the lock: the key's primary key then fails the batch, and its jobs are run again
-/// one by one, seeing it.
+/// while this one waited for the lock: the key's primary key then fails the batch, which is run again, seeing
+/// it (a batch of one job too).
 pub(crate) async fn load_accounts(
     tx: &mut Tx,
     backend: Backend,

@@ -102,22 +102,19 @@ pub struct Table {
     pub returning: Option<(&'static str, &'static str)>,
 }
 
-/// Which tables of [`write_statement`] are counted by its check: the updated accounts, the new accounts and
-/// the new inbox rows (their indexes in the table list). The check's expected counts come in this order.
-pub const COUNTED: [usize; 3] = [5, 8, 9];
-
 /// The statement that writes the tables of `tables` whose bit is set in `mask`, parameters numbered table
 /// after table, column after column. One text per mask (and check), so each is prepared once per connection.
 ///
-/// With `check` (an optimistic batch, written without locks taken beforehand), the statement first updates the
-/// accounts, then checks that every account it changed was still at the version the batch read (the update's
-/// `WHERE`), that every account it only read still is (`$c1` ids, `$c2` versions), and that it added every new
-/// account and inbox row (`$c3`, counts in [`COUNTED`] order); if not, `billing_fresh` raises a serialization
-/// failure and nothing of the statement stays.
-pub fn write_statement(tables: &[Table], mask: u32, check: bool) -> &'static str {
+/// With `check` (the indexes of the tables whose rows it counts: the updated accounts first), the statement
+/// first updates the accounts, then checks that every account it changed was still at the version the batch
+/// read (the update's `WHERE`), that every account it only read still is (`$c1` ids, `$c2` versions), and that
+/// each counted table got as many rows as it was given (`$c3`, in `check`'s order); if not, `billing_fresh`
+/// raises a serialization failure and nothing of the statement stays. A batch written without locks taken
+/// beforehand depends on it.
+pub fn write_statement(tables: &[Table], mask: u32, check: Option<&[usize]>) -> &'static str {
     static SQL: OnceLock<Mutex<HashMap<(u32, bool), &'static str>>> = OnceLock::new();
     let mut known = SQL.get_or_init(Default::default).lock().expect("statements");
-    known.entry((mask, check)).or_insert_with(|| {
+    known.entry((mask, check.is_some())).or_insert_with(|| {
         let mut parts = Vec::new();
         let mut back: Vec<String> = Vec::new();
         let mut n = 1;
@@ -151,10 +148,10 @@ pub fn write_statement(tables: &[Table], mask: u32, check: bool) -> &'static str
             };
             parts.push(format!("w{i} AS ({} {select}{} RETURNING {returning})", t.insert, t.tail));
         }
-        if check {
+        if let Some(counted) = check {
             let (ids, versions, counts) = (n, n + 1, n + 2);
             // The accounts' update first: its row locks are taken before any other table's, as with locks.
-            let mut conds: Vec<String> = COUNTED
+            let mut conds: Vec<String> = counted
                 .iter()
                 .enumerate()
                 .filter(|(_, t)| mask & (1 << **t) != 0)

@@ -45,8 +45,9 @@ pub(super) const PRICES: usize = 11;
 pub(super) const INVOICES: usize = 12;
 pub(super) const INVOICE_PAYMENTS: usize = 13;
 
-// The optimistic check counts the rows of these tables (`pg::COUNTED` names them by index).
-const _: () = assert!(pg::COUNTED[0] == ACCOUNTS && pg::COUNTED[1] == NEW_ACCOUNTS && pg::COUNTED[2] == INBOX);
+/// The tables whose rows the write statement's check counts (`pg::write_statement`): the accounts updated (first,
+/// so their row locks come before any other), the new accounts and the new inbox rows.
+pub(super) const COUNTED: [usize; 3] = [ACCOUNTS, NEW_ACCOUNTS, INBOX];
 
 /// Every table a batch writes, in the order of the PostgreSQL statement's parameters.
 pub(super) static TABLES: [pg::Table; 14] = [

@@ -233,7 +233,8 @@ async fn lane(mut rx: mpsc::UnboundedReceiver<Box<dyn Job>>, ctx: LaneCtx) {
     // As many jobs as the last batch had are likely on their way (their callers were answered together): wait a
     // moment for them, so a steady load keeps full batches instead of alternating a full one and a small one.
     let mut expected = 1usize;
-    // An optimistic batch is one round trip: waiting to fill the next one would cost more than it saves.
+    // After a batch written optimistically (one round trip), waiting to fill the next one would cost more than
+    // it saves.
     let mut last_optimistic = false;
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
@@ -254,22 +255,26 @@ async fn lane(mut rx: mpsc::UnboundedReceiver<Box<dyn Job>>, ctx: LaneCtx) {
             }
         }
         expected = jobs.len();
-        last_optimistic = optimistic(&ctx, &cache, &jobs);
         let run = std::panic::AssertUnwindSafe(run_batch(&ctx, &mut cache, &mut backoff, &mut conn, jobs));
-        if futures_lite::FutureExt::catch_unwind(run).await.is_err() {
-            // A job panicked: its callers were told (their answer channels closed); the lane goes on with a new
-            // connection and nothing in memory.
-            tracing::error!("a write batch panicked; its changes were rolled back");
-            conn = None;
-            cache = AccountCache::default();
+        match futures_lite::FutureExt::catch_unwind(run).await {
+            Ok(written_optimistically) => last_optimistic = written_optimistically,
+            Err(_) => {
+                // A job panicked: its callers were told (their answer channels closed); the lane goes on with a
+                // new connection and nothing in memory.
+                tracing::error!("a write batch panicked; its changes were rolled back");
+                conn = None;
+                cache = AccountCache::default();
+                last_optimistic = false;
+            }
         }
     }
 }
 
 /// Errors after which the same batch may simply be run again: a deadlock or serialization failure chose it as
-/// the victim.
+/// the victim, or a unique key was taken by another writer's commit after this batch looked (an idempotency key
+/// sent to two instances at once): run again, the batch sees the row and answers from it.
 fn retryable(e: &StoreError) -> bool {
-    matches!(e, StoreError::Conflict(_)) || matches!(e.db_code().as_deref(), Some("40P01") | Some("40001"))
+    matches!(e, StoreError::Conflict(_)) || matches!(e.db_code().as_deref(), Some("40P01" | "40001" | "23505"))
 }
 
 /// When optimistic batches keep finding an account changed by another writer (requests for the same accounts
@@ -327,54 +332,63 @@ async fn run_batch(
     backoff: &mut Backoff,
     conn: &mut Conn,
     mut jobs: Vec<Box<dyn Job>>,
-) {
-    let mut result = attempt(ctx, cache, backoff, conn, &mut jobs).await;
-    for _ in 0..3 {
-        match &result {
-            Err(e) if retryable(e) => result = attempt(ctx, cache, backoff, conn, &mut jobs).await,
-            _ => break,
-        }
-    }
-    match result {
-        Ok(()) => {
+) -> bool {
+    match attempt_retrying(ctx, cache, backoff, conn, &mut jobs).await {
+        Ok(optimistically) => {
             crate::metrics::global().batch(jobs.len());
             ctx.stats.batches.fetch_add(1, Ordering::Relaxed);
             ctx.stats.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
             for j in jobs {
                 j.finish(Ok(()));
             }
+            optimistically
         }
-        Err(e) if jobs.len() == 1 => jobs.pop().expect("one job").finish(Err(e)),
+        Err(e) if jobs.len() == 1 => {
+            jobs.pop().expect("one job").finish(Err(e));
+            false
+        }
         Err(e) => {
             // One of them (or the database) failed the batch: run each alone, so only a failing one fails.
             tracing::debug!(error = %e, jobs = jobs.len(), "batch failed; running its jobs one by one");
             for j in jobs {
                 let mut one = vec![j];
-                let mut r = attempt(ctx, cache, backoff, conn, &mut one).await;
-                for _ in 0..3 {
-                    match &r {
-                        Err(e) if retryable(e) => r = attempt(ctx, cache, backoff, conn, &mut one).await,
-                        _ => break,
-                    }
-                }
+                let r = attempt_retrying(ctx, cache, backoff, conn, &mut one).await.map(|_| ());
                 one.pop().expect("one job").finish(r);
             }
+            false
         }
     }
 }
 
-/// Run `jobs` in one transaction and commit it.
+/// [`attempt`], run again (at most three times) while it fails in a way that running again can cure.
+async fn attempt_retrying(
+    ctx: &LaneCtx,
+    cache: &mut AccountCache,
+    backoff: &mut Backoff,
+    conn: &mut Conn,
+    jobs: &mut [Box<dyn Job>],
+) -> Result<bool, StoreError> {
+    let mut result = attempt(ctx, cache, backoff, conn, jobs).await;
+    for _ in 0..3 {
+        match &result {
+            Err(e) if retryable(e) => result = attempt(ctx, cache, backoff, conn, jobs).await,
+            _ => break,
+        }
+    }
+    result
+}
+
 /// A lane's connection, kept from batch to batch (no pool round trip, statements prepared once).
 type Conn = Option<sqlx::pool::PoolConnection<sqlx::Any>>;
 
-/// Run `jobs` in one transaction and commit it.
+/// Run `jobs` in one transaction and commit it; whether it was written optimistically.
 async fn attempt(
     ctx: &LaneCtx,
     cache: &mut AccountCache,
     backoff: &mut Backoff,
     conn: &mut Conn,
     jobs: &mut [Box<dyn Job>],
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let c = match conn.take() {
         Some(c) => c,
         None => {
@@ -403,7 +417,7 @@ async fn attempt(
                 backoff.record(false);
                 crate::metrics::global().optimistic_batch("written");
             }
-            r
+            r.map(|()| optimistic)
         }
         Err(e) => {
             // Refused by the database, an optimistic batch left nothing behind; what it assumed (a key unused)

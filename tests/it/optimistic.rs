@@ -5,6 +5,7 @@
 //! meanwhile, a repeated idempotency key still gets its first answer, and random interleavings over many seeds
 //! leave every balance equal to its entries and lots, with every key applied once.
 
+use crate::common::proc::unbalanced;
 use crate::common::{Rng, at, fresh_url};
 use billing_worker::ledger::{Op, RuleError, Source};
 use billing_worker::store::{IdempotencyKey, OnMissing, Outcome, Request, Store, StoreError};
@@ -32,21 +33,6 @@ fn debit(account: &str, key: &str, credits: i64) -> Request {
 fn grant(account: &str, key: &str, credits: i64) -> Request {
     let op = Op::Grant { lot_id: key.into(), source: Source::Adjustment, credits };
     req(account, op, Some(key))
-}
-
-/// Accounts whose balance is not the sum of their entries and of what their lots have left.
-async fn ledger_problems(url: &str) -> Vec<String> {
-    let s = Store::connect(url).await.unwrap();
-    let off: Vec<String> = sqlx::query_scalar(
-        "SELECT a.id FROM accounts a WHERE a.balance <> COALESCE((SELECT SUM(amount) FROM entries e \
-         WHERE e.account_id = a.id), 0) OR a.balance <> COALESCE((SELECT SUM(remaining) FROM lots l \
-         WHERE l.account_id = a.id), 0) OR a.balance < 0",
-    )
-    .fetch_all(s.pool())
-    .await
-    .unwrap();
-    s.close().await;
-    off
 }
 
 /// `r` without an idempotency key: refused or not, it is written (or checked) by version, so these test the
@@ -87,7 +73,7 @@ async fn a_debit_is_never_applied_on_credits_another_instance_spent() {
     assert!(a.execute(debit("x", "a3", 1)).await.is_ok());
     assert!(a.execute(debit("x", "a4", 1)).await.is_err());
     assert_eq!(balance(&a, "x").await, 0);
-    assert_eq!(ledger_problems(&url).await, Vec::<String>::new());
+    assert_eq!(unbalanced(&url).await, Vec::<String>::new());
     // Operators see both outcomes in /metrics.
     let text = billing_worker::metrics::global().render(&[]);
     for outcome in ["written", "stale"] {
@@ -108,7 +94,7 @@ async fn a_debit_is_not_refused_for_credits_another_instance_granted() {
     assert_eq!(out.applied().balance, 51);
     assert_eq!(a.optimistic_stats().1, stale_before + 1, "a's memory was found stale and not answered from");
     assert_eq!(balance(&b, "x").await, 51);
-    assert_eq!(ledger_problems(&url).await, Vec::<String>::new());
+    assert_eq!(unbalanced(&url).await, Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -134,7 +120,7 @@ async fn a_repeated_key_in_an_optimistic_batch_gets_its_first_answer_and_fails_n
         other => panic!("a key reused for another request is a conflict, got {other:?}"),
     }
     assert_eq!(balance(&a, "x").await, 89);
-    assert_eq!(ledger_problems(&url).await, Vec::<String>::new());
+    assert_eq!(unbalanced(&url).await, Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -158,7 +144,7 @@ async fn a_repeat_refused_now_still_gets_its_first_answer() {
     assert_eq!(balance(&a, "x").await, 0);
     let text = billing_worker::metrics::global().render(&[]);
     assert!(text.contains("billing_write_optimistic_batches_total{outcome=\"retried\"} "), "{text}");
-    assert_eq!(ledger_problems(&url).await, Vec::<String>::new());
+    assert_eq!(unbalanced(&url).await, Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -182,7 +168,7 @@ async fn holds_taken_on_another_instance_are_not_spent_again() {
     assert_eq!(a.optimistic_stats().1, stale_before + 1, "nobody changed x meanwhile");
     assert!(a.execute(debit("x", "a3", 6)).await.is_ok());
     assert_eq!(balance(&b, "x").await, 0);
-    assert_eq!(ledger_problems(&url).await, Vec::<String>::new());
+    assert_eq!(unbalanced(&url).await, Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -269,7 +255,7 @@ async fn random_interleavings_on_two_instances_lose_and_double_nothing() {
             let acknowledged = applied.keys().filter(|(a, _)| a == acc).count() + 1;
             assert_eq!(changes, acknowledged, "seed {seed}: {acc}: one entry per acknowledged change");
         }
-        assert_eq!(ledger_problems(&url).await, Vec::<String>::new(), "seed {seed}");
+        assert_eq!(unbalanced(&url).await, Vec::<String>::new(), "seed {seed}");
         let ((ta, sa), (tb, sb)) = (a.optimistic_stats(), b.optimistic_stats());
         assert!(ta + tb > 0, "seed {seed}: some batches went without locks");
         assert!(sa + sb > 0, "seed {seed}: some found an account changed by the other instance");

@@ -128,20 +128,28 @@ pub async fn ledger_problems(db_url: &str) -> Vec<String> {
     if twice > 0 {
         problems.push(format!("{twice} debits applied more than once"));
     }
-    let off: i64 = sqlx::query(
-        "SELECT COUNT(*) FROM accounts a WHERE a.balance <> COALESCE((SELECT SUM(amount) FROM entries e \
-         WHERE e.account_id = a.id), 0) OR a.balance <> COALESCE((SELECT SUM(remaining) FROM lots l \
-         WHERE l.account_id = a.id), 0)",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap()
-    .get(0);
-    if off > 0 {
-        problems.push(format!("{off} balances are not the sum of their entries and lots"));
-    }
     pool.close().await;
+    let off = unbalanced(db_url).await;
+    if !off.is_empty() {
+        problems.push(format!("{} balances are not the sum of their entries and lots", off.len()));
+    }
     problems
+}
+
+/// Accounts whose balance is below zero, or not the sum of their entries and of what their lots have left.
+pub async fn unbalanced(db_url: &str) -> Vec<String> {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(db_url).await.unwrap();
+    let off = sqlx::query_scalar(
+        "SELECT a.id FROM accounts a WHERE a.balance <> COALESCE((SELECT SUM(amount) FROM entries e \
+         WHERE e.account_id = a.id), 0) OR a.balance <> COALESCE((SELECT SUM(remaining) FROM lots l \
+         WHERE l.account_id = a.id), 0) OR a.balance < 0",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    off
 }
 
 /// Rows of a one-column query, as text.
