@@ -6,7 +6,7 @@
 use super::load::{Slot, params};
 use super::pending::Pending;
 use super::tables::{Arg, COUNTED, NEW_ACCOUNTS, Rows, TABLES};
-use super::{Backend, StoreError, Tx, pg, rows};
+use super::{Backend, PREPARED_ROWS, StoreError, Tx, pg, rows};
 use pg::Ty::{Int, Text};
 use std::collections::HashMap;
 
@@ -27,11 +27,12 @@ impl Rows {
         let mut args = self.args.into_iter().peekable();
         while args.peek().is_some() {
             let chunk: Vec<Arg> = args.by_ref().take(per * cols).collect();
-            let mut sql = Rows { table: self.table, args: Vec::new() }.values_sql(chunk.len() / cols);
+            let rows = chunk.len() / cols;
+            let mut sql = Rows { table: self.table, args: Vec::new() }.values_sql(rows);
             if let Some((tag, cols)) = self.table.returning {
                 sql.push_str(&format!(" RETURNING CAST('{tag}' AS TEXT) AS t, {cols}"));
             }
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(rows <= PREPARED_ROWS);
             for a in chunk {
                 q = bind(q, a);
             }

@@ -234,7 +234,7 @@ pub async fn find_many(
         for chunk in events.chunks(400) {
             let pairs: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
             let q = sql(format!("SELECT {COLUMNS} FROM inbox WHERE (source, event_id) IN ({})", pairs.join(", ")));
-            let mut q = sqlx::query(q).persistent(false);
+            let mut q = sqlx::query(q).persistent(chunk.len() <= super::PREPARED_ROWS);
             for (s, e) in chunk {
                 q = q.bind(s).bind(e);
             }

@@ -171,7 +171,7 @@ async fn rows_for(tx: &mut Tx, head: &str, ids: &[String], tail: &str) -> Result
     let mut out = Vec::new();
     for chunk in ids.chunks(500) {
         let sql = format!("{head} IN ({}){tail}", params(1, chunk.len()));
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(chunk.len() <= super::PREPARED_ROWS);
         for id in chunk {
             q = q.bind(id);
         }
@@ -292,7 +292,7 @@ pub(crate) async fn load_accounts(
                  UNION ALL SELECT 3, account_id, user_id, NULL, NULL, NULL, added_at, NULL, NULL, NULL, NULL, NULL \
                  FROM members WHERE account_id IN ({p}) ORDER BY 1, 7, 3"
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(chunk.len() <= super::PREPARED_ROWS);
             for id in chunk {
                 q = q.bind(id);
             }
@@ -366,7 +366,7 @@ pub(crate) async fn effects(
             "SELECT account_id, key, request, response FROM effects WHERE (account_id, key) IN ({})",
             pairs.join(", ")
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(chunk.len() <= super::PREPARED_ROWS);
         for (a, k) in chunk {
             q = q.bind(a).bind(k);
         }
