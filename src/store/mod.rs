@@ -154,10 +154,10 @@ pub struct Store {
     keys: Arc<keys::KeyCache>,
 }
 
-/// Statements whose text depends on a row count (SQLite's `VALUES` and `IN` lists) are kept prepared on their
-/// connection for up to this many rows: a batch's usual sizes are then parsed once per connection, not once per
-/// batch (`bench/README.md` measured it), while the rare big batch (a queue backlog) is prepared for that one
-/// use, so the cached statements stay small.
+/// Statements whose text depends on a row count (SQLite's `VALUES` and `IN` lists, and the lookup of idempotency
+/// keys a job makes on either backend) are kept prepared on their connection for up to this many rows: a batch's
+/// usual sizes are then parsed once per connection, not once per batch (`bench/README.md` measured it), while
+/// the rare big batch (a queue backlog) is prepared for that one use, so the cached statements stay small.
 pub(crate) const PREPARED_ROWS: usize = 32;
 
 impl Store {
